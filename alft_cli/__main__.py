@@ -1,0 +1,3 @@
+from alft_cli.cli import main
+
+main()

@@ -1,0 +1,973 @@
+"""The library's face: one function per command. The round bookkeeping lives here only.
+
+The CLI parses options and calls exactly one of these; ``simulate`` drives rounds through the
+same functions, so a simulated round is a real round. Notebook users import this module.
+
+Rounds: round 0 is the initial (random) to-label list written by :func:`init_pool`. Labels
+imported for a queried sample belong to the round of that query. :func:`finetune` trains the
+model of the latest round on every label present; :func:`query` uses the latest trained model
+to open the next round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alft_cli import __version__
+from alft_cli.atomic import atomic_open
+from alft_cli.config import ProjectConfig, parse_class_list
+from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
+from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder
+from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
+from alft_cli.progress import reporter
+from alft_cli.project import Project, open_project, project_lock
+from alft_cli.store import SampleRecord, Store, encode_y, now_iso
+
+PAPER_VAL_FRACTION = 0.25
+PAPER_TEST_FRACTION = 0.25
+PAPER_INITIAL = 40
+
+
+# --------------------------------------------------------------------------------------------
+# command plumbing
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _writing(project_dir: Path | str, command: str, args: dict[str, Any]) -> Iterator[Project]:
+    """Lock the project, open it, and record the command in the runs table."""
+    root = Path(project_dir)
+    if not (root / "config.json").exists():
+        open_project(root).close()  # raises the precise "not a project" error
+    with project_lock(root, command):
+        project = open_project(root)
+        try:
+            with project.store.transaction():
+                run_id = project.store.start_run(command, args)
+            status = "failed"
+            try:
+                yield project
+                status = "ok"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                with project.store.transaction():
+                    project.store.finish_run(run_id, status)
+        finally:
+            project.close()
+
+
+@contextlib.contextmanager
+def _reading(project_dir: Path | str) -> Iterator[Project]:
+    project = open_project(project_dir, readonly=True)
+    try:
+        yield project
+    finally:
+        project.close()
+
+
+# --------------------------------------------------------------------------------------------
+# init-pool
+# --------------------------------------------------------------------------------------------
+@dataclass
+class InitPoolResult:
+    """What init-pool did."""
+
+    project: Path
+    indexed: int
+    skipped: int
+    splits: dict[str, int]
+    classes: list[str]
+    query_file: Path | None
+    initial: int
+    seconds: float
+    skipped_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def init_pool(
+    archive: Path | str,
+    project_dir: Path | str,
+    *,
+    classes: Sequence[str] | str | None = None,
+    labels_file: Path | str | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    initial: int = PAPER_INITIAL,
+    image_size: int = 256,
+    in_channels: int = 3,
+    seed: int = 0,
+    workers: int | None = None,
+) -> InitPoolResult:
+    """Index an archive into a new project: splits, decode cache, initial to-label list.
+
+    Gold labels from ``labels_file`` are kept for val and test samples only (evaluation);
+    pool samples get labels only through :func:`import_labels`. Without gold labels there is
+    nothing to evaluate against, so val/test default to empty.
+    """
+    import time
+
+    started = time.perf_counter()
+    archive = Path(archive)
+    root = Path(project_dir)
+    _check_new_project_dir(root)
+    class_list = _resolve_classes(classes, labels_file)
+    has_gold = labels_file is not None
+    val_fraction = _default(val_fraction, PAPER_VAL_FRACTION if has_gold else 0.0)
+    test_fraction = _default(test_fraction, PAPER_TEST_FRACTION if has_gold else 0.0)
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
+        raise OptionError("--val-fraction and --test-fraction must be in [0, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise OptionError("--val-fraction + --test-fraction must leave a pool (sum < 1)")
+    if (val_fraction or test_fraction) and not has_gold:
+        raise OptionError("val/test splits need gold labels to evaluate against: "
+                          "give --labels FILE, or set --val-fraction 0 --test-fraction 0")
+    if initial < 0:
+        raise OptionError("--initial must be >= 0")
+    if not 16 <= image_size <= 4096:
+        raise OptionError("--image-size must be between 16 and 4096")
+
+    archive_root, scan, manifest = _scan_archive(archive)
+    if not scan.keys:
+        raise ArchiveError(f"{archive}: no images found (.tif/.tiff/.png/.jpg/.jpeg)"
+                           + (f"; {len(scan.skipped)} unusable" if scan.skipped else ""))
+
+    tmp_root = Path(tempfile.mkdtemp(prefix=".alft-init-", dir=root.parent))
+    try:
+        result = _build_project(
+            tmp_root, archive_root, manifest, scan, class_list, labels_file, val_fraction,
+            test_fraction, initial, image_size, in_channels, seed, workers)
+        _move_into_place(tmp_root, root)
+    except BaseException:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    result.project = root
+    if result.query_file is not None:
+        result.query_file = root / result.query_file.relative_to(tmp_root)
+    if result.skipped_file is not None:
+        result.skipped_file = root / result.skipped_file.relative_to(tmp_root)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _default(value: float | None, fallback: float) -> float:
+    return fallback if value is None else float(value)
+
+
+def _check_new_project_dir(root: Path) -> None:
+    if root.exists():
+        if not root.is_dir():
+            raise ProjectError(f"{root} exists and is not a folder")
+        if (root / "config.json").exists():
+            raise ProjectError(f"{root} is already an alft project; choose a new folder")
+        if any(root.iterdir()):
+            raise ProjectError(f"{root} exists and is not empty; choose a new or empty folder")
+    if not root.parent.exists():
+        raise ProjectError(f"parent folder {root.parent} does not exist")
+
+
+def _move_into_place(tmp_root: Path, root: Path) -> None:
+    # rename() onto an empty folder is atomic: the project appears whole or not at all.
+    if root.exists():
+        root.rmdir()
+    tmp_root.rename(root)
+
+
+def _resolve_classes(classes: Sequence[str] | str | None,
+                     labels_file: Path | str | None) -> list[str]:
+    from_file = header_classes(Path(labels_file)) if labels_file is not None else None
+    if isinstance(classes, str):
+        classes = parse_class_list(classes)
+    if classes and from_file:
+        if [c.lower() for c in classes] != [c.lower() for c in from_file]:
+            raise OptionError(f"--classes differs from the classes in {labels_file} "
+                              f"({', '.join(from_file)}); give one of them")
+    resolved = list(classes or from_file or [])
+    if not resolved:
+        raise OptionError("give the classes: --classes a,b,c or --labels FILE")
+    return resolved
+
+
+def _scan_archive(archive: Path) -> tuple[Path, ScanResult, Path | None]:
+    if not archive.exists():
+        raise ArchiveError(f"archive {archive} does not exist")
+    if archive.is_dir():
+        return archive.resolve(), scan_folder(archive), None
+    if archive.suffix.lower() == ".csv":
+        root = archive.parent.resolve()
+        return root, _scan_manifest(archive, root), archive.resolve()
+    raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
+                       "'filename' column")
+
+
+def _scan_manifest(manifest: Path, root: Path) -> ScanResult:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"{manifest}: cannot read manifest ({exc})") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "filename" not in fields:
+        raise ArchiveError(f"{manifest}: manifest needs a 'filename' column")
+    column = reader.fieldnames[fields.index("filename")]
+    keys: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for line, row in enumerate(reader, start=2):
+        name = (row.get(column) or "").strip().replace("\\", "/")
+        if not name:
+            problems.append(f"{manifest.name} row {line}: empty filename")
+            continue
+        path = Path(name)
+        if path.is_absolute():
+            try:
+                name = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                problems.append(f"{manifest.name} row {line}: {name} is outside {root}")
+                continue
+        name = name.removeprefix("./")
+        if ".." in Path(name).parts:
+            problems.append(f"{manifest.name} row {line}: '..' in {name}")
+            continue
+        if not (root / name).is_file():
+            skipped.append((name, "listed in the manifest but not found"))
+            continue
+        keys.append(name)
+    if problems:
+        raise ArchiveError(f"{manifest}: {len(problems)} bad rows; nothing indexed",
+                           details=problems)
+    dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) != len(keys) else []
+    if dupes:
+        raise ArchiveError(f"{manifest}: {len(dupes)} files listed twice (e.g. {dupes[0]})")
+    from alft_cli.images import _drop_case_duplicates
+
+    return _drop_case_duplicates(sorted(keys), skipped)
+
+
+def _build_project(
+    tmp_root: Path, archive_root: Path, manifest: Path | None, scan: ScanResult,
+    classes: list[str], labels_file: Path | str | None, val_fraction: float,
+    test_fraction: float, initial: int, image_size: int, in_channels: int, seed: int,
+    workers: int | None,
+) -> InitPoolResult:
+    rep = reporter()
+    (tmp_root / "cache").mkdir()
+    cache = create_cache(tmp_root / "cache" / "images.npy", len(scan.keys), in_channels,
+                         image_size)
+    records: list[tuple[int, SampleRecord]] = []
+    skipped = list(scan.skipped)
+    # Per-channel running sums for the normalization statistics (float64: no overflow).
+    total = np.zeros(in_channels)
+    total_sq = np.zeros(in_channels)
+    with rep.task("decoding archive", total=len(scan.keys)) as task:
+        for row, item in enumerate(decode_many(archive_root, scan.keys, image_size, in_channels,
+                                               workers)):
+            task.advance(1)
+            if item.decoded is None:
+                skipped.append((item.key, item.reason or "unreadable"))
+                continue
+            array = item.decoded.array
+            cache[row] = array.transpose(2, 0, 1)
+            pixels = array.reshape(-1, in_channels).astype(np.float64)
+            total += pixels.sum(0)
+            total_sq += (pixels ** 2).sum(0)
+            records.append((row, SampleRecord(item.key, item.size, item.mtime_ns, item.sha256,
+                                              item.decoded.width, item.decoded.height,
+                                              item.decoded.note)))
+    cache.flush()
+    del cache
+    if not records:
+        raise ArchiveError(f"{archive_root}: none of the {len(scan.keys)} images could be "
+                           f"decoded (e.g. {skipped[0][0]}: {skipped[0][1]})")
+    n_pixels = len(records) * image_size * image_size
+    mean = total / n_pixels
+    std = np.sqrt(np.maximum(total_sq / n_pixels - mean ** 2, 1e-6))
+
+    gold: dict[int, str] = {}
+    notes: list[str] = []
+    if labels_file is not None:
+        gold, gold_notes = _read_gold(Path(labels_file), classes, records, skipped)
+        notes += gold_notes
+
+    rng = np.random.default_rng(seed)
+    splits = _assign_splits(records, gold, val_fraction, test_fraction, rng)
+    config = ProjectConfig(
+        archive=str(archive_root), manifest=str(manifest) if manifest else None,
+        classes=classes, image_size=image_size, in_channels=in_channels, seed=seed,
+        val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
+        mean=[float(m) for m in mean / 255.0], std=[float(s) for s in std / 255.0],
+        created_at=now_iso(),
+    )
+    config.save(tmp_root / "config.json")
+    store = Store.create(tmp_root / Store.FILENAME)
+    project = Project(tmp_root, config, store)
+    query_path: Path | None = None
+    try:
+        with store.transaction():
+            store.set_meta("alft_version", __version__)
+            store.add_samples((row, rec, splits[row]) for row, rec in records)
+            store.add_skipped(skipped)
+            store.set_gold((row, y) for row, y in gold.items() if splits[row] != "pool")
+            pool_ids = np.array([row for row, _ in records if splits[row] == "pool"])
+            n_initial = min(initial, len(pool_ids))
+            if n_initial < initial:
+                notes.append(f"the pool has only {len(pool_ids)} images; initial set is "
+                             f"{n_initial}")
+            if n_initial > 0:
+                chosen = rng.choice(pool_ids, size=n_initial, replace=False)
+                query_path = project.round_dir(0) / "query.csv"
+                keys = dict((row, rec.key) for row, rec in records)
+                write_query_csv(query_path, [QueryRow(keys[int(s)], i + 1, 0.0, -1, None)
+                                             for i, s in enumerate(chosen)], classes)
+                store.add_round(0, "random", n_initial, seed, None,
+                                project.relative(query_path))
+                store.add_query(0, ((int(s), i + 1, None, None) for i, s in enumerate(chosen)))
+            store.start_run("init-pool", {"archive": str(archive_root), "seed": seed})
+    finally:
+        store.close()
+    skipped_file = None
+    if skipped:
+        skipped_file = tmp_root / "skipped.csv"
+        _write_skipped(skipped_file, skipped)
+    counts = {s: sum(1 for v in splits.values() if v == s) for s in ("pool", "val", "test")}
+    return InitPoolResult(tmp_root, len(records), len(skipped), counts, classes, query_path,
+                          n_initial if records else 0, 0.0, skipped_file, notes)
+
+
+def _read_gold(path: Path, classes: list[str], records: list[tuple[int, SampleRecord]],
+               skipped: list[tuple[str, str]]) -> tuple[dict[int, str], list[str]]:
+    parsed = read_label_file(path, classes, fmt="auto")
+    ids = {rec.key: row for row, rec in records}
+    skipped_keys = {k for k, _ in skipped}
+    mapping, unmatched = match_keys([r.ref for r in parsed.rows], ids.keys())
+    problems = []
+    gold: dict[int, str] = {}
+    ignored = 0
+    for label_row in parsed.rows:
+        key = mapping.get(label_row.ref)
+        if key is None:
+            if label_row.ref in skipped_keys:
+                ignored += 1
+                continue
+            problems.append(f"{path.name} {label_row.where}: {label_row.ref} is not an "
+                            "indexed image of the archive")
+            continue
+        gold[ids[key]] = encode_y(label_row.labels)
+    if problems:
+        raise LabelFileError(f"{path}: {len(problems)} rows name files not in the archive; "
+                             "nothing was created", details=problems[:50])
+    notes = [f"{ignored} gold-label rows are for skipped images"] if ignored else []
+    unlabeled = len(records) - len(gold)
+    if unlabeled:
+        notes.append(f"{unlabeled} images have no gold label; they go to the pool")
+    return gold, notes
+
+
+def _assign_splits(records: list[tuple[int, SampleRecord]], gold: dict[int, str],
+                   val_fraction: float, test_fraction: float,
+                   rng: np.random.Generator) -> dict[int, str]:
+    rows = np.array([row for row, _ in records])
+    eligible = rng.permutation(np.array([r for r in rows if r in gold], dtype=np.int64))
+    n_val = min(int(round(val_fraction * len(rows))), len(eligible))
+    n_test = min(int(round(test_fraction * len(rows))), len(eligible) - n_val)
+    splits = dict.fromkeys((int(r) for r in rows), "pool")
+    for r in eligible[:n_val]:
+        splits[int(r)] = "val"
+    for r in eligible[n_val:n_val + n_test]:
+        splits[int(r)] = "test"
+    return splits
+
+
+def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    with atomic_open(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["filename", "reason"])
+        writer.writerows(sorted(skipped))
+
+
+# --------------------------------------------------------------------------------------------
+# import-labels
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ImportResult:
+    """What import-labels did (or would do, with dry_run)."""
+
+    file: Path
+    format: str
+    added: int
+    changed: int
+    unchanged: int
+    not_labels: int
+    dry_run: bool
+    pending_left: int
+    labeled_total: int
+    notes: list[str] = field(default_factory=list)
+
+
+def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto",
+                  overwrite: bool = False, dry_run: bool = False) -> ImportResult:
+    """Validate every row of a label file, then import all of it in one transaction.
+
+    Any problem (unknown file or class, duplicate, non-0/1 value, val/test sample, conflict
+    with an existing label without ``overwrite``) refuses the whole file with one line per
+    problem; nothing is written. Importing the same content twice changes nothing.
+    """
+    file = Path(file)
+    args = {"file": str(file), "format": fmt, "overwrite": overwrite, "dry_run": dry_run}
+    context = _reading(project_dir) if dry_run else _writing(project_dir, "import-labels", args)
+    with context as project:
+        store = project.store
+        parsed = read_label_file(file, project.classes, fmt=fmt)
+        ids = store.ids_by_key()
+        splits = store.split_of()
+        skipped = dict(store.skipped())
+        mapping, unmatched = match_keys([r.ref for r in parsed.rows], ids.keys())
+        existing = store.labels()
+        pending_round = store.pending_round_of()
+        current = store.current_round()
+        problems: list[str] = []
+        new: list[tuple[int, str, int]] = []
+        changed = unchanged = 0
+        for row in parsed.rows:
+            where = f"{file.name} {row.where}"
+            key = mapping.get(row.ref)
+            if key is None:
+                if row.ref in skipped:
+                    problems.append(f"{where}: {row.ref} was skipped at indexing "
+                                    f"({skipped[row.ref]})")
+                else:
+                    problems.append(f"{where}: {row.ref} is not an image of this project")
+                continue
+            sample = ids[key]
+            if splits[sample] != "pool":
+                problems.append(f"{where}: {key} is a {splits[sample]} sample; only pool "
+                                "samples take imported labels")
+                continue
+            y = encode_y(row.labels)
+            old = existing.get(sample)
+            if old == y:
+                unchanged += 1
+                continue
+            if old is not None and not overwrite:
+                problems.append(f"{where}: {key} already labeled "
+                                f"[{_names(old, project.classes)}], file says "
+                                f"[{_names(y, project.classes)}]; use --overwrite to replace")
+                continue
+            if old is not None:
+                changed += 1
+            round_ = pending_round.get(sample, current if current is not None else 0)
+            new.append((sample, y, round_))
+        if problems:
+            raise LabelFileError(
+                f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''}; "
+                "nothing was imported", details=problems[:50] + (
+                    [f"... and {len(problems) - 50} more"] if len(problems) > 50 else []))
+        added = len(new) - changed
+        if new and not dry_run:
+            if current is None:
+                # Labels before any query (e.g. an existing labeled subset): open round 0.
+                with store.transaction():
+                    store.add_round(0, "imported", 0, project.config.seed, None, None)
+            with store.transaction():
+                import_id = store.add_import(project.relative(file) if file.is_absolute()
+                                             else str(file), _sha256(file), parsed.format,
+                                             added, changed, unchanged)
+                store.upsert_labels((s, y, r, import_id) for s, y, r in new)
+                store.mark_labeled(s for s, _, _ in new)
+        labeled_ids = {s for s, _, _ in new}
+        pending_left = sum(1 for _, s in store.pending() if s not in labeled_ids)
+        labeled_total = len(existing) + (added if dry_run or new else 0)
+        if not dry_run:
+            labeled_total = store.count_labels()
+        return ImportResult(file, parsed.format, added, changed, unchanged, parsed.skipped,
+                            dry_run, pending_left, labeled_total, list(parsed.notes))
+
+
+def _names(y: str, classes: Sequence[str]) -> str:
+    return ";".join(c for c, v in zip(classes, y) if v == "1")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# status
+# --------------------------------------------------------------------------------------------
+def status(project_dir: Path | str) -> dict[str, Any]:
+    """A JSON-ready summary of the project (never blocks on a writer)."""
+    with _reading(project_dir) as project:
+        store = project.store
+        keys = store.keys_by_id()
+        label_ids, label_y = store.labeled_arrays()
+        label_rounds = store.label_rounds()
+        pending = store.pending()
+        rounds = []
+        for rec in store.rounds():
+            labeled_in_round = sum(1 for r in label_rounds.values() if r <= rec.round)
+            rounds.append({
+                "round": rec.round,
+                "labeled": rec.trained_on if rec.trained_on is not None else labeled_in_round,
+                "strategy": rec.strategy,
+                "metrics": rec.metrics or {},
+                "queried": rec.budget,
+                "pending": sum(1 for r, _ in pending if r == rec.round),
+                "query_file": rec.query_file,
+                "model": rec.model_file,
+                "model_round": rec.model_round,
+                "created_at": rec.created_at,
+                "trained_at": rec.trained_at,
+            })
+        class_counts = (label_y.sum(0).astype(int).tolist() if len(label_ids)
+                        else [0] * len(project.classes))
+        pretrained = store.get_meta("pretrained")
+        info = {
+            "project": str(project.root),
+            "alft_version": __version__,
+            "archive": project.config.archive,
+            "classes": project.classes,
+            "image_size": project.config.image_size,
+            "splits": store.split_counts(),
+            "labeled": len(label_ids),
+            "pending": [keys[s] for _, s in pending],
+            "skipped": len(store.skipped()),
+            "class_counts": dict(zip(project.classes, class_counts)),
+            "rounds": rounds,
+            "pretrained": json.loads(pretrained) if pretrained else None,
+            "next": _next_step(project, len(label_ids), pending, rounds, pretrained),
+        }
+        return info
+
+
+def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict],
+               pretrained: str | None) -> str:
+    p = str(project.root)
+    if pending:
+        first = rounds[-1]["query_file"] if rounds else None
+        return (f"label the {len(pending)} pending images"
+                + (f" listed in {first}" if first else "")
+                + f", then: alft import-labels FILE -p {p}")
+    if pretrained is None and labeled == 0:
+        return f"alft pretrain -p {p}   (or import labels for the initial set)"
+    if rounds and rounds[-1]["model"] is None and labeled:
+        return f"alft finetune -p {p}"
+    if labeled:
+        return f"alft query -p {p} --budget 20"
+    return f"alft query -p {p} --budget 20 --strategy kmeans"
+
+
+# --------------------------------------------------------------------------------------------
+# demo-data
+# --------------------------------------------------------------------------------------------
+def demo_data(out_dir: Path | str, *, n_images: int = 400, image_size: int = 64,
+              imbalance: float = 1.0, seed: int = 0) -> Any:
+    """Generate the built-in synthetic multi-label archive (see :mod:`alft_cli.synthetic`)."""
+    from alft_cli.synthetic import generate_archive
+
+    if n_images < 1:
+        raise OptionError("--n-images must be >= 1")
+    if image_size < 16:
+        raise OptionError("--image-size must be >= 16")
+    if imbalance < 1:
+        raise OptionError("--imbalance must be >= 1 (1 = natural frequencies)")
+    out = Path(out_dir)
+    if (out / "labels.csv").exists() or (out / "images").exists():
+        raise OptionError(f"{out} already holds an archive; choose a new folder")
+    with reporter().task("generating synthetic archive", total=None):
+        return generate_archive(out, n_images=n_images, image_size=image_size, seed=seed,
+                                imbalance=imbalance, formats=("png", "jpg", "tif"))
+
+
+# --------------------------------------------------------------------------------------------
+# pretrain
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PretrainResult:
+    """What pretrain did."""
+
+    backbone: str
+    backbone_file: Path
+    epochs_done: int
+    epochs: int
+    final_loss: float
+    seconds: float
+    images_per_second: float
+    interrupted: bool
+    device: str
+
+
+def pretrain(project_dir: Path | str, *, restart: bool = False,
+             init_weights: Path | str | None = None, **options: Any) -> PretrainResult:
+    """BYOL-pretrain the backbone on every indexed image (val and test included: no labels
+    are used). Options: see :class:`~alft_cli.config.PretrainConfig`."""
+    from alft_cli import distributed
+    from alft_cli.config import PretrainConfig, validated
+    from alft_cli.data import resolve_device
+    from alft_cli.models import BACKBONES
+    from alft_cli.pretrain import BACKBONE, CHECKPOINT, run_pretrain
+
+    cfg = validated(PretrainConfig, **options)
+    if cfg.method != "byol":
+        raise OptionError(f"--method {cfg.method!r}: only 'byol' is available")
+    if cfg.backbone not in BACKBONES:
+        raise OptionError(f"--backbone {cfg.backbone!r}: unknown; choose from "
+                          f"{', '.join(sorted(BACKBONES))}")
+    device = resolve_device(cfg.device)
+    info = distributed.env_info()
+    context = (_writing(project_dir, "pretrain", cfg.model_dump()) if info.is_main
+               else _reading(project_dir))
+    with context as project:
+        out_dir = project.pretrain_dir
+        ckpt = out_dir / CHECKPOINT
+        if ckpt.exists() and not cfg.resume and not restart:
+            raise OptionError(f"{ckpt} exists from an earlier run: --resume continues it, "
+                              "--restart starts over (and replaces it)")
+        if cfg.resume and not ckpt.exists():
+            raise OptionError(f"--resume: no checkpoint at {ckpt}")
+        init_state = _load_init_weights(Path(init_weights), cfg.backbone) if init_weights \
+            else None
+        ids = np.concatenate([project.store.sample_ids(s) for s in ("pool", "val", "test")])
+        ids.sort()
+        out_dir.mkdir(exist_ok=True)
+        outcome = run_pretrain(project.cache_path, ids, out_dir, cfg, project.config.mean,
+                               project.config.std, device, init_backbone=init_state)
+        if info.is_main and not outcome.interrupted:
+            with project.store.transaction():
+                project.store.set_meta("pretrained", json.dumps({
+                    "backbone": cfg.backbone, "method": "byol", "epochs": cfg.epochs,
+                    "file": project.relative(out_dir / BACKBONE),
+                    "final_loss": outcome.final_loss, "seconds": round(outcome.seconds, 1),
+                    "images": int(len(ids)), "batch_size": cfg.batch_size, "lr": cfg.lr,
+                    "init_weights": str(init_weights) if init_weights else None,
+                    "device": str(device)}))
+        return PretrainResult(cfg.backbone, outcome.backbone_file, outcome.epochs_done,
+                              cfg.epochs, outcome.final_loss, outcome.seconds,
+                              outcome.images_per_second, outcome.interrupted, str(device))
+
+
+def _load_init_weights(path: Path, backbone: str) -> dict:
+    """A backbone state dict from a torchvision state dict or an alft backbone/checkpoint."""
+    from alft_cli.checkpoints import load_safe
+    from alft_cli.models import backbone_state_dict_from_torchvision
+
+    state = load_safe(path, "weights file")
+    if isinstance(state, dict) and state.get("kind") == "alft-backbone":
+        if state.get("backbone") != backbone:
+            raise OptionError(f"{path} holds a {state.get('backbone')} backbone, not {backbone}")
+        return state["state_dict"]
+    if isinstance(state, dict) and state.get("kind") == "alft-classifier":
+        prefix = "backbone."
+        return {k[len(prefix):]: v for k, v in state["state_dict"].items()
+                if k.startswith(prefix)}
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"],
+                                                                         dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise OptionError(f"{path}: expected a state dict of tensors")
+    return backbone_state_dict_from_torchvision(backbone, state)
+
+
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FinetuneResult:
+    """What finetune did."""
+
+    round: int
+    labeled: int
+    init: str
+    backbone: str
+    model_file: Path | None
+    metrics: dict[str, Any]
+    seconds: float
+    interrupted: bool
+    device: str
+
+
+def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
+    """Fine-tune backbone + head on every labeled pool image; evaluate on val and test.
+
+    The model belongs to the latest round. ``init='previous'`` warm-starts from the newest
+    model of an earlier round (the paper's protocol), falling back to the pretrained backbone,
+    then to random weights (with a warning).
+    """
+    from alft_cli import finetune as ft
+    from alft_cli.config import FinetuneConfig, validated
+    from alft_cli.data import CachedImages, resolve_device
+
+    cfg = validated(FinetuneConfig, **options)
+    device = resolve_device(cfg.device)
+    rep = reporter()
+    with _writing(project_dir, "finetune", cfg.model_dump()) as project:
+        store = project.store
+        round_ = store.current_round()
+        ids, y = store.labeled_arrays()
+        if round_ is None or len(ids) == 0:
+            raise OptionError("no labeled pool images yet: label the to-label list and run "
+                              "alft import-labels first")
+        model, init_used, backbone = _initial_classifier(project, cfg, round_)
+        if init_used == "scratch" and cfg.init != "scratch":
+            rep.warn("no pretrained backbone and no earlier model: training from random "
+                     "weights (run alft pretrain first for the paper's setting)")
+        round_dir = project.round_dir(round_)
+        round_dir.mkdir(parents=True, exist_ok=True)
+        cache = CachedImages(project.cache_path)
+        rep.info(f"round {round_}: fine-tuning {backbone} on {len(ids)} labels "
+                 f"(init: {init_used}, {cfg.epochs} epochs, device {device})")
+        outcome = ft.train(model, cache, ids, y, cfg, round_dir, device)
+        if outcome.interrupted:
+            return FinetuneResult(round_, len(ids), init_used, backbone, None, {},
+                                  outcome.seconds, True, str(device))
+        eval_sets = {split: store.gold(split) for split in ("val", "test")}
+        metrics = ft.evaluate(model, cache, eval_sets, project.classes, device,
+                              cfg.eval_batch_size)
+        metrics["train_loss"] = outcome.final_loss
+        model_file = round_dir / ft.MODEL_FILE
+        train_config = {**cfg.model_dump(), "init_used": init_used, "backbone": backbone}
+        ft.save_model(model, model_file, {
+            "classes": project.classes, "image_size": project.config.image_size,
+            "round": round_, "trained_on": int(len(ids)), "metrics": _headline(metrics),
+            "train_config": json.dumps(train_config)})
+        with atomic_open(round_dir / "metrics.json") as handle:
+            json.dump({"round": round_, "labeled": int(len(ids)), **metrics}, handle, indent=2)
+        with store.transaction():
+            store.set_round_model(round_, project.relative(model_file), int(len(ids)),
+                                  metrics, train_config)
+        (round_dir / ft.FINETUNE_CHECKPOINT).unlink(missing_ok=True)
+        return FinetuneResult(round_, len(ids), init_used, backbone, model_file, metrics,
+                              outcome.seconds, False, str(device))
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for split in ("val", "test"):
+        for key in ("micro_f1", "macro_f1", "mAP"):
+            if split in metrics:
+                flat[f"{split}_{key}"] = float(metrics[split][key])
+    return flat
+
+
+def _initial_classifier(project: Project, cfg: Any, round_: int) -> tuple[Any, str, str]:
+    """Build the classifier for this round and load its starting weights."""
+    from alft_cli.checkpoints import load_safe
+    from alft_cli.finetune import build_classifier, load_model
+    from alft_cli.models import BACKBONES, load_state_dict_checked
+
+    pretrained = json.loads(project.store.get_meta("pretrained") or "null")
+    previous = next((r for r in reversed(project.store.rounds())
+                     if r.round < round_ and r.model_file), None)
+    choice = cfg.init
+    if choice == "previous" and previous is None:
+        choice = "pretrained"
+    if choice == "pretrained" and pretrained is None:
+        if cfg.init == "pretrained":
+            raise OptionError("--init pretrained: the project has no pretrained backbone "
+                              "(run alft pretrain)")
+        choice = "scratch"
+    if choice == "previous":
+        model, _ = load_model(project.resolve(previous.model_file))
+        backbone = model.config["backbone"]
+        if cfg.backbone and cfg.backbone != backbone:
+            raise OptionError(f"--backbone {cfg.backbone}: the previous round's model is a "
+                              f"{backbone}; use --init scratch to change the backbone")
+        return model, f"previous (round {previous.round})", backbone
+    if choice == "pretrained":
+        backbone = pretrained["backbone"]
+        if cfg.backbone and cfg.backbone != backbone:
+            raise OptionError(f"--backbone {cfg.backbone}: the project was pretrained with "
+                              f"{backbone}")
+        model = build_classifier(backbone, project.classes, project.config.in_channels,
+                                 project.config.mean, project.config.std)
+        state = load_safe(project.resolve(pretrained["file"]), "pretrained backbone")
+        load_state_dict_checked(model.backbone, state["state_dict"], pretrained["file"])
+        return model, "pretrained", backbone
+    backbone = cfg.backbone or (pretrained or {}).get("backbone") or "densenet121"
+    if backbone not in BACKBONES:
+        raise OptionError(f"--backbone {backbone!r}: unknown; choose from "
+                          f"{', '.join(sorted(BACKBONES))}")
+    torch_seed(cfg.seed)
+    return (build_classifier(backbone, project.classes, project.config.in_channels,
+                             project.config.mean, project.config.std), "scratch", backbone)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# query
+# --------------------------------------------------------------------------------------------
+@dataclass
+class QueryResult:
+    """What query did."""
+
+    round: int
+    strategy: str
+    query_file: Path
+    selected: int
+    budget: int
+    candidates: int
+    model_round: int | None
+    label_studio_files: list[Path]
+    cancelled: int
+    notes: list[str] = field(default_factory=list)
+
+
+def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clustering",
+          candidates: int | None = None, seed: int = 0, out: Path | str | None = None,
+          fmt: str = "csv", force: bool = False, device: str = "auto",
+          batch_size: int = 64, image_url_prefix: str | None = None) -> QueryResult:
+    """Choose ``budget`` unlabeled pool images to label next; write the query file.
+
+    One inference pass over the unlabeled pool gives features h and probabilities p; the
+    strategy (a pure function of them, see :mod:`alft_cli.strategies`) picks the images.
+    """
+    from alft_cli.data import CachedImages, resolve_device
+    from alft_cli.labels import label_studio_config, write_label_studio_tasks
+    from alft_cli.strategies import NEEDS_MODEL, STRATEGIES, QueryContext, select
+
+    if budget < 1:
+        raise OptionError(f"--budget {budget}: must be at least 1")
+    if strategy not in STRATEGIES:
+        raise OptionError(f"--strategy {strategy!r}: unknown; choose from "
+                          f"{', '.join(sorted(STRATEGIES))}")
+    if candidates is not None and candidates <= budget:
+        raise OptionError(f"--candidates {candidates} must be larger than --budget {budget}")
+    if fmt not in ("csv", "label-studio"):
+        raise OptionError(f"--format {fmt!r}: use csv or label-studio")
+    args = {"budget": budget, "strategy": strategy, "candidates": candidates, "seed": seed,
+            "out": str(out) if out else None, "format": fmt, "force": force}
+    notes: list[str] = []
+    with _writing(project_dir, "query", args) as project:
+        store = project.store
+        pending = store.pending()
+        if pending and not force:
+            rounds_pending = sorted({r for r, _ in pending})
+            raise OptionError(
+                f"{len(pending)} images queried in round {rounds_pending[-1]} are still "
+                "pending (see alft status): import their labels first, or use --force to "
+                "cancel them (they go back to the unlabeled pool)")
+        labeled = set(store.labels())
+        pool = store.sample_ids("pool")
+        unlabeled = np.array([s for s in pool if int(s) not in labeled], dtype=np.int64)
+        if len(unlabeled) == 0:
+            raise OptionError("every pool image is labeled; nothing left to query")
+        if budget > len(unlabeled):
+            notes.append(f"only {len(unlabeled)} unlabeled pool images are left; the query "
+                         f"holds all of them (asked for {budget})")
+        rounds = store.rounds()
+        model_rec = next((r for r in reversed(rounds) if r.model_file), None)
+        if strategy in NEEDS_MODEL and model_rec is None:
+            raise OptionError(f"--strategy {strategy} needs a trained model: run alft "
+                              "finetune first (or use --strategy random, kmeans or typiclust)")
+        dev = resolve_device(device)
+        cache = CachedImages(project.cache_path)
+        model = _scoring_model(project, model_rec) if strategy != "random" else None
+        h = p = labeled_h = labeled_y = None
+        if model is not None:
+            h, p = _score(model, cache, unlabeled, dev, batch_size,
+                          with_p=model_rec is not None)
+            if strategy in ("coreset", "typiclust") and labeled:
+                lab_ids, labeled_y = store.labeled_arrays()
+                labeled_h, _ = _score(model, cache, lab_ids, dev, batch_size, with_p=False)
+            elif strategy == "class-aware-mge":
+                _, labeled_y = store.labeled_arrays()
+        else:
+            h = np.zeros((len(unlabeled), 1), np.float32)
+        ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
+                           labeled_h=labeled_h, labeled_y=labeled_y)
+        selection = select(strategy, ctx)
+        chosen = unlabeled[selection.indices]
+
+        current = store.current_round()
+        cur_rec = store.round(current) if current is not None else None
+        # A round whose query nobody answered yet (no labels, no model) is replaced rather
+        # than followed, so cancelling and re-querying does not leave empty rounds behind.
+        reuse = (cur_rec is not None and cur_rec.model_file is None
+                 and current not in set(store.label_rounds().values()))
+        new_round = current if reuse else (0 if current is None else current + 1)
+        query_path = Path(out) if out else project.round_dir(new_round) / "query.csv"
+        keys = store.keys_by_id()
+        rows = [QueryRow(keys[int(s)], rank + 1, float(selection.scores[rank]),
+                         int(selection.clusters[rank]),
+                         None if p is None else p[selection.indices[rank]].tolist())
+                for rank, s in enumerate(chosen)]
+        write_query_csv(query_path, rows, project.classes)
+        ls_files: list[Path] = []
+        if fmt == "label-studio":
+            tasks = query_path.with_suffix(".label-studio.json")
+            prefix = image_url_prefix or "/data/local-files/?d=" + project.archive.as_posix(
+            ).lstrip("/") + "/"
+            write_label_studio_tasks(tasks, rows, project.classes,
+                                     image_url=lambda key: prefix + key,
+                                     model_version=f"alft-r{model_rec.round}" if model_rec
+                                     else "alft")
+            config_xml = query_path.with_name("label-studio-config.xml")
+            from alft_cli.atomic import atomic_write_text
+
+            atomic_write_text(config_xml, label_studio_config(project.classes))
+            ls_files = [tasks, config_xml]
+        with store.transaction():
+            cancelled = store.cancel_pending() if force else 0
+            if reuse:
+                store.delete_round_queries(new_round)
+                store.replace_round_query(new_round, strategy, len(chosen), seed,
+                                          model_rec.round if model_rec else None,
+                                          project.relative(query_path))
+            else:
+                store.add_round(new_round, strategy, len(chosen), seed,
+                                model_rec.round if model_rec else None,
+                                project.relative(query_path))
+            store.add_query(new_round, ((int(s), i + 1, float(selection.scores[i]),
+                                         int(selection.clusters[i]))
+                                        for i, s in enumerate(chosen)))
+        if cancelled:
+            notes.append(f"cancelled {cancelled} pending images of the earlier query; they "
+                         "are back in the unlabeled pool")
+        return QueryResult(new_round, strategy, query_path, len(chosen), budget,
+                           len(unlabeled), model_rec.round if model_rec else None, ls_files,
+                           cancelled, notes)
+
+
+def _scoring_model(project: Project, model_rec: Any) -> Any:
+    """The latest round's classifier, or (before any) the pretrained backbone for features."""
+    from alft_cli.checkpoints import load_safe
+    from alft_cli.finetune import build_classifier, load_model
+    from alft_cli.models import load_state_dict_checked
+
+    if model_rec is not None:
+        model, _ = load_model(project.resolve(model_rec.model_file))
+        return model
+    pretrained = json.loads(project.store.get_meta("pretrained") or "null")
+    if pretrained is None:
+        raise OptionError("no trained model and no pretrained backbone to take features "
+                          "from: run alft pretrain (or use --strategy random)")
+    model = build_classifier(pretrained["backbone"], project.classes,
+                             project.config.in_channels, project.config.mean,
+                             project.config.std)
+    state = load_safe(project.resolve(pretrained["file"]), "pretrained backbone")
+    load_state_dict_checked(model.backbone, state["state_dict"], pretrained["file"])
+    return model
+
+
+def _score(model: Any, cache: Any, ids: np.ndarray, device: Any, batch_size: int,
+           with_p: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from alft_cli.embed import infer
+
+    model.to(device)
+    h, p = infer(model, cache, ids, device, batch_size, probabilities=with_p)
+    return h, p

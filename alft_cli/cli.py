@@ -1,0 +1,354 @@
+"""The `alft` command line: parse options, make one `api` call, print a short summary.
+
+No torch here: commands stay quick to start and the core stays importable without the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alft_cli import __version__
+from alft_cli.errors import AlftError
+from alft_cli.progress import RichReporter, set_reporter
+
+app = typer.Typer(
+    name="alft",
+    help=(
+        "Active-learning-guided fine-tuning for multi-label remote-sensing image "
+        "classification (BYOL pretraining + MGE+Clustering queries).\n\n"
+        "Example:  alft init-pool archive/ -p proj --labels gold.csv && alft status -p proj"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"alft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    set_reporter(RichReporter(quiet=quiet))
+
+
+# ------------------------------------------------------------------------------------------
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the archive into.")],
+    n_images: Annotated[int, typer.Option("--n-images", "-n", help="Number of images.")] = 400,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side in pixels.")] = 64,
+    imbalance: Annotated[float, typer.Option(help="1 = natural class frequencies; larger "
+                                             "makes minority classes rarer.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Generate the built-in synthetic multi-label archive (images + one-hot labels.csv).
+
+    Example:  alft demo-data demo/ -n 400
+              alft init-pool demo/images -p proj --labels demo/labels.csv
+    """
+    from alft_cli import api
+
+    result = api.demo_data(out_dir, n_images=n_images, image_size=image_size,
+                           imbalance=imbalance, seed=seed)
+    out.print(f"wrote {len(result.keys)} images to {result.root}")
+    out.print(f"gold labels: {result.labels_csv}  ({len(result.classes)} classes: "
+              f"{', '.join(result.classes)})")
+
+
+@app.command("init-pool")
+def init_pool(
+    archive: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or "
+                                            "a manifest CSV with a 'filename' column.")],
+    project: ProjectOpt,
+    classes: Annotated[str | None, typer.Option(help="Class names, comma-separated.")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Gold labels (one-hot CSV); classes come from its header. Used for val/test "
+             "evaluation only, never as pool labels.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        help="Fraction of images for validation (default 0.25 with --labels, else 0).")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        help="Fraction of images for test (default 0.25 with --labels, else 0).")] = None,
+    initial: Annotated[int, typer.Option(help="Size of the random initial to-label set.")] = 40,
+    image_size: Annotated[int, typer.Option(help="Images are resized to this square size.")
+                          ] = 256,
+    in_channels: Annotated[int, typer.Option(help="Bands per image (3 = RGB).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the initial set.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
+) -> None:
+    """Index an archive into a new project; write the initial to-label list.
+
+    Example:  alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
+    """
+    from alft_cli import api
+
+    r = api.init_pool(archive, project, classes=classes, labels_file=labels,
+                      val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
+                      image_size=image_size, in_channels=in_channels, seed=seed,
+                      workers=workers)
+    out.print(f"project {r.project}: {r.indexed} images indexed in {r.seconds:.1f} s "
+              f"(pool {r.splits['pool']}, val {r.splits['val']}, test {r.splits['test']}), "
+              f"{len(r.classes)} classes")
+    if r.skipped:
+        out.print(f"{r.skipped} files skipped; see {r.skipped_file}")
+    for note in r.notes:
+        out.print(f"note: {note}")
+    if r.query_file:
+        out.print(f"initial to-label list ({r.initial} images): {r.query_file}")
+        out.print(f"next: label them, then  alft import-labels FILE -p {r.project}")
+
+
+@app.command("import-labels")
+def import_labels(
+    file: Annotated[Path, typer.Argument(help="Label file: one-hot CSV, list CSV "
+                                         "(filename,labels with ';'), or a Label Studio export.")],
+    project: ProjectOpt,
+    format: Annotated[str, typer.Option(
+        "--format", help="auto | onehot | list | label-studio")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing labels that differ.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Validate and report; change nothing.")] = False,
+) -> None:
+    """Import labels for pool images (all rows validated first; all or nothing).
+
+    Example:  alft import-labels rounds/round_001/query.csv -p proj
+    """
+    from alft_cli import api
+
+    r = api.import_labels(project, file, fmt=format, overwrite=overwrite, dry_run=dry_run)
+    verb = "would import" if r.dry_run else "imported"
+    out.print(f"{verb} {r.file} ({r.format}): {r.added} new, {r.changed} changed, "
+              f"{r.unchanged} unchanged" + (f", {r.not_labels} tasks without a usable "
+                                            "annotation" if r.not_labels else ""))
+    for note in r.notes:
+        out.print(f"note: {note}")
+    out.print(f"labeled pool images: {r.labeled_total}; still pending: {r.pending_left}")
+
+
+@app.command("status")
+def status(
+    project: ProjectOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Show the project's splits, labels, rounds and metrics (read-only, never blocks).
+
+    Example:  alft status -p proj --json | jq .rounds
+    """
+    from alft_cli import api
+
+    info = api.status(project)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    _print_status(info)
+
+
+def _print_status(info: dict) -> None:
+    s = info["splits"]
+    out.print(f"[bold]project[/bold] {info['project']}  (archive {info['archive']})")
+    out.print(f"images: pool {s['pool']}, val {s['val']}, test {s['test']}"
+              + (f"; {info['skipped']} skipped" if info["skipped"] else ""))
+    out.print(f"classes ({len(info['classes'])}): {', '.join(info['classes'])}")
+    pre = info.get("pretrained")
+    out.print("pretrained: " + (f"{pre['backbone']} ({pre['method']}, {pre['epochs']} epochs)"
+                                if pre else "no"))
+    out.print(f"labeled pool images: {info['labeled']}; pending: {len(info['pending'])}")
+    if info["rounds"]:
+        table = Table(show_edge=False)
+        for col in ("round", "strategy", "labeled", "pending", "val micro/macro F1",
+                    "test micro/macro F1"):
+            table.add_column(col)
+        for r in info["rounds"]:
+            m = r["metrics"] or {}
+            table.add_row(str(r["round"]), r["strategy"], str(r["labeled"]), str(r["pending"]),
+                          _f1s(m.get("val")), _f1s(m.get("test")))
+        out.print(table)
+    out.print(f"next: {info['next']}")
+
+
+def _f1s(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f"{m['micro_f1']:.3f} / {m['macro_f1']:.3f}"
+
+
+@app.command("pretrain")
+def pretrain(
+    project: ProjectOpt,
+    backbone: Annotated[str, typer.Option(help="densenet121 (paper), resnet18, resnet50, "
+                                          "mobilenet_v3_small, efficientnet_b0.")
+                        ] = "densenet121",
+    epochs: Annotated[int, typer.Option(help="BYOL epochs (paper: 1000).")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Images per step (paper: 100).")] = 100,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-3).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
+    hidden_dim: Annotated[int, typer.Option(help="Projector/predictor hidden size.")] = 4096,
+    proj_dim: Annotated[int, typer.Option(help="Projection size.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint every N epochs.")
+                                ] = 10,
+    resume: Annotated[bool, typer.Option(help="Continue from pretrain/checkpoint.pt.")] = False,
+    restart: Annotated[bool, typer.Option(help="Start over, replacing an earlier run.")
+                       ] = False,
+    init_weights: Annotated[Path | None, typer.Option(
+        help="Start from a backbone state dict (torchvision or alft file).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """BYOL-pretrain the backbone on every image of the archive (no labels used).
+
+    Runs under torchrun for several GPUs:  torchrun --nproc_per_node=4 -m alft_cli pretrain -p proj
+
+    Example:  alft pretrain -p proj --backbone resnet18 --epochs 50 --batch-size 64
+    """
+    from alft_cli import api
+
+    r = api.pretrain(project, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, hidden_dim=hidden_dim, proj_dim=proj_dim,
+                     seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+                     device=device, restart=restart, init_weights=init_weights)
+    if r.interrupted:
+        out.print(f"stopped after {r.epochs_done}/{r.epochs} epochs; continue with: "
+                  f"alft pretrain -p {project} --resume (same options)")
+        raise typer.Exit(130)
+    out.print(f"pretrained {r.backbone} for {r.epochs} epochs on {r.device} in "
+              f"{r.seconds:.0f} s ({r.images_per_second:.1f} img/s), final loss "
+              f"{r.final_loss:.4f}: {r.backbone_file}")
+
+
+@app.command("finetune")
+def finetune(
+    project: ProjectOpt,
+    epochs: Annotated[int, typer.Option(help="Epochs (paper: 100).")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Batch size (paper: 10).")] = 10,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (paper: 0.025).")] = 0.025,
+    lr_step: Annotated[int, typer.Option(help="Epoch after which lr is x0.1 (paper: 80; "
+                                         "0 = never).")] = 80,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 0.0,
+    init: Annotated[str, typer.Option(help="previous (warm start from the last round's "
+                                      "model; first round: pretrained) | pretrained | scratch")
+                    ] = "previous",
+    freeze_backbone: Annotated[bool, typer.Option(
+        help="Train only the head on cached features (fast on CPU).")] = False,
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone for --init scratch without pretraining.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs.")] = 10,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Fine-tune the classifier on all labeled images; evaluate on val and test.
+
+    Example:  alft finetune -p proj --epochs 100
+    """
+    from alft_cli import api
+
+    r = api.finetune(project, epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step,
+                     momentum=momentum, weight_decay=weight_decay, init=init,
+                     freeze_backbone=freeze_backbone, backbone=backbone, seed=seed,
+                     checkpoint_every=checkpoint_every, resume=resume, device=device)
+    if r.interrupted:
+        out.print(f"stopped; continue with: alft finetune -p {project} --resume")
+        raise typer.Exit(130)
+    out.print(f"round {r.round}: {r.backbone} fine-tuned on {r.labeled} labels "
+              f"(init {r.init}) in {r.seconds:.0f} s on {r.device}: {r.model_file}")
+    for split in ("val", "test"):
+        if split in r.metrics:
+            m = r.metrics[split]
+            out.print(f"  {split}: micro F1 {m['micro_f1']:.4f}  macro F1 {m['macro_f1']:.4f}"
+                      f"  mAP {m['mAP']:.4f}  (n={m['n']})")
+
+
+@app.command("query")
+def query(
+    project: ProjectOpt,
+    budget: Annotated[int, typer.Option("--budget", "-b", help="Images to select (B).")] = 20,
+    strategy: Annotated[str, typer.Option(
+        help="mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
+             "typiclust | class-aware-mge")] = "mge-clustering",
+    candidates: Annotated[int | None, typer.Option(
+        help="m most uncertain images clustered by mge-clustering (default 3 x budget).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed (same model + seed = same query).")] = 0,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Query file to write "
+                                                     "(default: the round's folder).")] = None,
+    format: Annotated[str, typer.Option("--format", help="csv | label-studio (also writes "
+                                        "tasks JSON and labeling config XML)")] = "csv",
+    force: Annotated[bool, typer.Option(help="Cancel a pending query and make a new one.")
+                     ] = False,
+    image_url_prefix: Annotated[str | None, typer.Option(
+        help="Label Studio image URL prefix (default: local-files URL of the archive).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Choose the next images to label with an active-learning strategy.
+
+    Example:  alft query -p proj --budget 20 --strategy mge-clustering
+    """
+    from alft_cli import api
+
+    r = api.query(project, budget=budget, strategy=strategy, candidates=candidates,
+                  seed=seed, out=out_file, fmt=format, force=force, device=device,
+                  batch_size=batch_size, image_url_prefix=image_url_prefix)
+    for note in r.notes:
+        out.print(f"note: {note}")
+    model = f"model of round {r.model_round}" if r.model_round is not None else "no model"
+    out.print(f"round {r.round}: {r.selected} of {r.candidates} unlabeled images chosen by "
+              f"{r.strategy} ({model})")
+    out.print(f"query file: {r.query_file}")
+    for path in r.label_studio_files:
+        out.print(f"label studio: {path}")
+    out.print(f"next: label them (the 'labels' column holds the model's suggestion), then "
+              f"alft import-labels FILE -p {project}")
+
+
+# ------------------------------------------------------------------------------------------
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: AlftError -> one line on stderr and its exit code."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        app(args=args, standalone_mode=False)
+    except AlftError as exc:
+        err.print(f"error: {exc.message}", style="red", markup=False)
+        for line in exc.details:
+            err.print(f"  {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", style="yellow")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted", style="yellow")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("ALFT_DEBUG"):
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {exc} "
+                  "(this is a bug; rerun with ALFT_DEBUG=1 for the traceback)",
+                  style="red", markup=False)
+        sys.exit(70)

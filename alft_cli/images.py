@@ -1,0 +1,286 @@
+"""Decode archive images into fixed-size uint8 arrays, and the project's decoded-image cache.
+
+One function, :func:`load_image`, turns any supported file into an ``(S, S, C)`` uint8 array;
+training, query scoring, export parity checks and ``alft tag`` all go through it, so a model
+sees the same pixels wherever it runs. Conversions (documented in the ONNX metadata too):
+
+- grayscale / palette / CMYK / RGBA -> RGB (alpha dropped; it carries no scene content);
+- 16-bit integer and float images -> 8-bit by a per-image 0.5-99.5 percentile stretch
+  (RS products use arbitrary ranges such as 0..4095 or reflectance 0..1; a fixed divisor
+  would leave most of them black);
+- resize to ``S x S`` with Pillow's bilinear filter, which antialiases when shrinking;
+  aspect ratio is not kept (scenes are near-square tiles).
+
+The cache (``cache/images.npy``) is a memory-mapped ``(N, C, S, S)`` uint8 array written once
+by ``init-pool``; epochs read it instead of re-decoding JPEG/TIFF, and only the pages in use are
+in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from alft_cli.config import IMAGE_EXTENSIONS
+
+# Refuse images above this many pixels: decoding one would need gigabytes. Tile them first.
+MAX_PIXELS = 20_000 * 20_000
+MIN_SIDE = 8
+RESIZE_METHOD = (
+    "bilinear (Pillow Image.resize BILINEAR, antialiased when shrinking), aspect not kept")
+CONVERSIONS = ("gray/palette/CMYK/RGBA->RGB; 16-bit/float->8-bit by per-image 0.5-99.5 "
+               "percentile stretch")
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageDecodeError(Exception):
+    """The file cannot be used as an image; the message says why (one line)."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded, resized image and what had to be done to it."""
+
+    array: np.ndarray  # (S, S, C) uint8
+    width: int
+    height: int
+    note: str | None
+
+
+def load_image(path: Path | str, size: int, channels: int = 3) -> Decoded:
+    """Decode ``path`` and resize it to ``size x size`` with ``channels`` bands (uint8).
+
+    Raises:
+        ImageDecodeError: unreadable, corrupt, not an image, too small or too large.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageDecodeError(f"too large ({width}x{height}); tile it first")
+                if min(width, height) < MIN_SIDE:
+                    raise ImageDecodeError(f"too small ({width}x{height} < {MIN_SIDE} px)")
+                if img.format == "JPEG":
+                    # Let libjpeg decode at a reduced scale when the image is much larger.
+                    img.draft("RGB", (size, size))
+                img.load()
+                array, note = _to_uint8_bands(img, channels)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not a readable image") from exc
+    except PermissionError as exc:
+        raise ImageDecodeError("permission denied") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image ({_short(exc)})") from exc
+    return Decoded(_resize(array, size), width, height, note)
+
+
+def _to_uint8_bands(img: Image.Image, channels: int) -> tuple[np.ndarray, str | None]:
+    mode = img.mode
+    note: str | None = None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") or mode.startswith("I;"):
+        data = np.asarray(img, dtype=np.float64)
+        array = _stretch(data)[..., None]
+        note = f"{mode}->8-bit stretch"
+    elif mode in ("1", "L", "LA", "P", "PA", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+        target = "L" if mode in ("1", "L", "LA") and channels == 1 else "RGB"
+        array = np.asarray(img.convert(target))
+        if array.ndim == 2:
+            array = array[..., None]
+        note = f"{mode}->{target}"
+    elif mode == "RGB":
+        array = np.asarray(img)
+    else:
+        array = np.asarray(img.convert("RGB"))
+        note = f"{mode}->RGB"
+    if array.ndim == 2:
+        array = array[..., None]
+    bands = array.shape[2]
+    if bands == channels:
+        return np.ascontiguousarray(array, dtype=np.uint8), note
+    if bands == 1:
+        return np.repeat(array, channels, axis=2).astype(np.uint8), (note or "") + " gray->bands"
+    if channels == 1:
+        gray = np.asarray(Image.fromarray(array[..., :3].astype(np.uint8)).convert("L"))
+        return gray[..., None], (note or "") + " ->gray"
+    raise ImageDecodeError(f"has {bands} bands, the project expects {channels}")
+
+
+def _stretch(data: np.ndarray) -> np.ndarray:
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(data.shape, dtype=np.uint8)
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = (np.nan_to_num(data, nan=lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    if array.shape[2] == 3:
+        return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR))
+    # Pillow has no multi-band image type beyond RGB(A); resize band by band.
+    bands = [Image.fromarray(np.ascontiguousarray(array[..., c]))
+             .resize((size, size), Image.Resampling.BILINEAR) for c in range(array.shape[2])]
+    return np.stack([np.asarray(b) for b in bands], axis=2)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a walk of an archive found."""
+
+    keys: list[str]                      # usable candidates, sorted
+    skipped: list[tuple[str, str]]       # (key, reason) found but not indexable
+
+
+def scan_folder(root: Path) -> ScanResult:
+    """List image files under ``root`` recursively as POSIX keys relative to ``root``.
+
+    Symlinked directories are not descended (no loops); symlinked files are kept only when
+    they resolve inside the archive. Names that differ only in case are kept once (the first
+    in sorted order), since they would collide on case-insensitive file systems and in
+    labeling tools.
+    """
+    root_resolved = root.resolve()
+    keys: list[str] = []
+    skipped: list[tuple[str, str]] = []
+
+    def onerror(err: OSError) -> None:
+        rel = _relative(Path(err.filename or root), root)
+        skipped.append((rel, f"cannot list folder ({err.strerror or err})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        dirnames.sort()
+        for name in dirnames:
+            full = Path(dirpath, name)
+            if full.is_symlink():
+                skipped.append((_relative(full, root) + "/", "symlinked folder not followed"))
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            rel = _relative(full, root)
+            if full.is_symlink():
+                try:
+                    target = full.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    skipped.append((rel, "broken or looping symlink"))
+                    continue
+                if not target.is_relative_to(root_resolved):
+                    skipped.append((rel, "symlink points outside the archive"))
+                    continue
+            keys.append(rel)
+    keys.sort()
+    return _drop_case_duplicates(keys, skipped)
+
+
+def _drop_case_duplicates(keys: list[str], skipped: list[tuple[str, str]]) -> ScanResult:
+    seen: dict[str, str] = {}
+    kept: list[str] = []
+    for key in keys:
+        folded = key.casefold()
+        if folded in seen:
+            skipped.append((key, f"name differs only in case from {seen[folded]}"))
+            continue
+        seen[folded] = key
+        kept.append(key)
+    return ScanResult(kept, sorted(skipped))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    """Result of decoding one archive file for the cache."""
+
+    key: str
+    decoded: Decoded | None
+    reason: str | None
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+
+
+def decode_many(root: Path, keys: Iterable[str], size: int, channels: int,
+                workers: int | None = None, hash_files: bool = True) -> Iterator[CacheItem]:
+    """Decode ``keys`` (relative to ``root``) in parallel threads, yielding in input order.
+
+    Pillow releases the GIL while decoding, so threads scale without pickling arrays.
+    At most ``4 * workers`` results are in flight, which bounds memory for any archive size.
+    """
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+
+    def work(key: str) -> CacheItem:
+        path = root / key
+        try:
+            stat = path.stat()
+            if stat.st_size == 0:
+                return CacheItem(key, None, "empty file (0 bytes)")
+            decoded = load_image(path, size, channels)
+            digest = file_sha256(path) if hash_files else ""
+        except ImageDecodeError as exc:
+            return CacheItem(key, None, str(exc))
+        except PermissionError:
+            return CacheItem(key, None, "permission denied")
+        except OSError as exc:
+            return CacheItem(key, None, f"cannot read ({exc.strerror or exc})")
+        return CacheItem(key, decoded, None, stat.st_size, stat.st_mtime_ns, digest)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: list = []
+        for key in keys:
+            window.append(pool.submit(work, key))
+            if len(window) >= 4 * workers:
+                yield window.pop(0).result()
+        for future in window:
+            yield future.result()
+
+
+CACHE_FILE = "images.npy"
+
+
+def open_cache(path: Path, mode: str = "r") -> np.ndarray:
+    """Memory-map the decoded-image cache ``(N, C, S, S)`` uint8."""
+    return np.load(path, mmap_mode=mode)
+
+
+def create_cache(path: Path, n: int, channels: int, size: int) -> np.ndarray:
+    """Create an empty cache file and return it memory-mapped for writing."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                     shape=(n, channels, size, size))

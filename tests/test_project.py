@@ -1,0 +1,325 @@
+"""init-pool, import-labels and status: real runs whose saved state is reopened."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alft_cli import api
+from alft_cli.errors import AlftError, LabelFileError, OptionError, ProjectError
+from alft_cli.project import open_project
+from alft_cli.store import decode_y
+
+
+def _db_snapshot(root: Path) -> dict:
+    """Every table's rows (except the runs audit trail), to prove nothing changed."""
+    conn = sqlite3.connect(root / "alft.db")
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+                for t in tables if t != "runs"}
+    finally:
+        conn.close()
+
+
+def _gold(tiny_archive) -> dict[str, np.ndarray]:
+    return {k: tiny_archive.Y[i] for i, k in enumerate(tiny_archive.keys)}
+
+
+def _write_onehot(path: Path, classes, rows: dict[str, np.ndarray]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", *classes])
+        for key, y in rows.items():
+            writer.writerow([key, *[int(v) for v in y]])
+    return path
+
+
+def _pending_keys(root: Path) -> list[str]:
+    return api.status(root)["pending"]
+
+
+# -- init-pool --------------------------------------------------------------------------------
+def test_init_pool_splits_gold_and_initial_query(project, tiny_archive):
+    p = open_project(project)
+    try:
+        counts = p.store.split_counts()
+        assert counts == {"pool": 30, "val": 15, "test": 15}
+        assert p.classes == list(tiny_archive.classes)
+        # Gold labels are stored for val and test only, and equal the file's labels.
+        gold = _gold(tiny_archive)
+        keys = p.store.keys_by_id()
+        for split in ("val", "test"):
+            ids, y = p.store.gold(split)
+            assert len(ids) == 15
+            for sid, row in zip(ids, y):
+                assert np.array_equal(row, gold[keys[int(sid)]])
+        pool_ids = set(p.store.sample_ids("pool").tolist())
+        gold_ids = set(p.store.gold("val")[0].tolist()) | set(p.store.gold("test")[0].tolist())
+        assert not pool_ids & gold_ids
+        assert p.store.count_labels() == 0  # pool labels only arrive through import-labels
+        # The decode cache holds every image at the project size.
+        cache = np.load(p.cache_path, mmap_mode="r")
+        assert cache.shape == (60, 3, 32, 32) and cache.dtype == np.uint8
+        assert cache.reshape(60, -1).max(axis=1).min() > 0
+    finally:
+        p.close()
+    query = project / "rounds" / "round_000" / "query.csv"
+    rows = list(csv.DictReader(open(query)))
+    assert len(rows) == 10 and "filename" in rows[0]
+    assert set(r["filename"] for r in rows) <= {keys[i] for i in pool_ids}
+
+
+def test_init_pool_is_seeded(tiny_archive, tmp_path):
+    a = api.init_pool(tiny_archive.root, tmp_path / "a", labels_file=tiny_archive.labels_csv,
+                      initial=5, image_size=32, seed=7)
+    b = api.init_pool(tiny_archive.root, tmp_path / "b", labels_file=tiny_archive.labels_csv,
+                      initial=5, image_size=32, seed=7)
+    c = api.init_pool(tiny_archive.root, tmp_path / "c", labels_file=tiny_archive.labels_csv,
+                      initial=5, image_size=32, seed=8)
+    assert a.query_file.read_text() == b.query_file.read_text()
+    assert a.query_file.read_text() != c.query_file.read_text()
+
+
+def test_init_pool_classes_without_labels_puts_everything_in_pool(tiny_archive, tmp_path):
+    r = api.init_pool(tiny_archive.root, tmp_path / "p", classes="a,b,c", initial=3,
+                      image_size=32)
+    assert r.splits == {"pool": 60, "val": 0, "test": 0}
+    assert r.classes == ["a", "b", "c"]
+
+
+def test_init_pool_from_manifest(tiny_archive, tmp_path):
+    manifest = tiny_archive.root / "manifest.csv"
+    keys = tiny_archive.keys[:20]
+    manifest.write_text("filename\n" + "\n".join(keys) + "\n")
+    try:
+        r = api.init_pool(manifest, tmp_path / "m", classes="x,y", initial=0, image_size=32)
+    finally:
+        manifest.unlink()
+    assert r.indexed == 20
+    p = open_project(tmp_path / "m")
+    assert sorted(p.store.ids_by_key()) == sorted(keys)
+    p.close()
+
+
+@pytest.mark.parametrize("case", ["exists", "not-empty", "no-archive", "no-images",
+                                  "fraction-without-labels", "bad-fraction", "no-classes",
+                                  "negative-initial", "labels-unknown-file"])
+def test_init_pool_refusals_create_nothing(case, tiny_archive, tmp_path):
+    root = tmp_path / "proj"
+    kwargs = dict(labels_file=tiny_archive.labels_csv, image_size=32)
+    archive = tiny_archive.root
+    if case == "exists":
+        api.init_pool(archive, root, **kwargs)
+        before = _db_snapshot(root)
+    elif case == "not-empty":
+        root.mkdir()
+        (root / "notes.txt").write_text("mine")
+    elif case == "no-archive":
+        archive = tmp_path / "missing"
+    elif case == "no-images":
+        archive = tmp_path / "empty"
+        archive.mkdir()
+        (archive / "readme.txt").write_text("x")
+    elif case == "fraction-without-labels":
+        kwargs = dict(classes="a,b", val_fraction=0.2, image_size=32)
+    elif case == "bad-fraction":
+        kwargs["val_fraction"] = 0.6
+        kwargs["test_fraction"] = 0.5
+    elif case == "no-classes":
+        kwargs = dict(image_size=32)
+    elif case == "negative-initial":
+        kwargs["initial"] = -1
+    elif case == "labels-unknown-file":
+        bad = tmp_path / "gold.csv"
+        text = tiny_archive.labels_csv.read_text().splitlines()
+        text.append("nowhere/ghost.png," + ",".join(["0"] * len(tiny_archive.classes)))
+        bad.write_text("\n".join(text) + "\n")
+        kwargs["labels_file"] = bad
+    with pytest.raises(AlftError) as err:
+        api.init_pool(archive, root, **kwargs)
+    assert "\n" not in err.value.message
+    if case == "exists":
+        assert _db_snapshot(root) == before
+    elif case == "not-empty":
+        assert [p.name for p in root.iterdir()] == ["notes.txt"]
+    else:
+        assert not root.exists()
+    # No half-built temp project is left beside it either.
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".alft-init-")]
+
+
+def test_init_pool_skips_unreadable_files_with_report(archive_copy, tmp_path):
+    (archive_copy / "images" / "broken.png").write_bytes(b"not an image at all")
+    (archive_copy / "images" / "empty.jpg").write_bytes(b"")
+    r = api.init_pool(archive_copy / "images", tmp_path / "p", classes="a,b", initial=0,
+                      image_size=32)
+    assert r.indexed == 60 and r.skipped == 2
+    text = (tmp_path / "p" / "skipped.csv").read_text()
+    assert "broken.png" in text and "empty.jpg" in text
+    assert api.status(tmp_path / "p")["skipped"] == 2
+
+
+# -- import-labels ----------------------------------------------------------------------------
+def _initial_answers(project, tiny_archive) -> dict[str, np.ndarray]:
+    gold = _gold(tiny_archive)
+    return {k: gold[k] for k in _pending_keys(project)}
+
+
+def test_import_onehot_then_status(project, tiny_archive, tmp_path):
+    answers = _initial_answers(project, tiny_archive)
+    f = _write_onehot(tmp_path / "answers.csv", tiny_archive.classes, answers)
+    r = api.import_labels(project, f)
+    assert (r.added, r.changed, r.unchanged) == (10, 0, 0)
+    info = api.status(project)
+    assert info["labeled"] == 10 and info["pending"] == []
+    p = open_project(project)
+    stored = {p.store.keys_by_id()[s]: decode_y(y) for s, y in p.store.labels().items()}
+    p.close()
+    assert set(stored) == set(answers)
+    for key, y in answers.items():
+        assert np.array_equal(stored[key], y)
+    # Importing the same file again changes nothing, not even the import log.
+    before = _db_snapshot(project)
+    r2 = api.import_labels(project, f)
+    assert (r2.added, r2.changed, r2.unchanged) == (0, 0, 10)
+    assert _db_snapshot(project) == before
+
+
+def test_import_list_csv_and_empty_list(project, tiny_archive, tmp_path):
+    keys = _pending_keys(project)
+    classes = tiny_archive.classes
+    f = tmp_path / "list.csv"
+    f.write_text("filename,labels\n" + f"{keys[0]},{classes[0]};{classes[2]}\n" + f"{keys[1]},\n")
+    api.import_labels(project, f)
+    p = open_project(project)
+    ids = p.store.ids_by_key()
+    labels = p.store.labels()
+    p.close()
+    assert labels[ids[keys[0]]] == "101" + "0" * (len(classes) - 3)
+    assert labels[ids[keys[1]]] == "0" * len(classes)  # an empty list is a real answer
+    assert len(_pending_keys(project)) == 8
+
+
+def test_dry_run_changes_nothing(project, tiny_archive, tmp_path):
+    f = _write_onehot(tmp_path / "a.csv", tiny_archive.classes,
+                      _initial_answers(project, tiny_archive))
+    before = _db_snapshot(project)
+    r = api.import_labels(project, f, dry_run=True)
+    assert r.dry_run and r.added == 10
+    assert _db_snapshot(project) == before
+
+
+def test_conflict_needs_overwrite(project, tiny_archive, tmp_path):
+    answers = _initial_answers(project, tiny_archive)
+    api.import_labels(project, _write_onehot(tmp_path / "a.csv", tiny_archive.classes, answers))
+    key = next(iter(answers))
+    flipped = {key: 1 - answers[key]}
+    f = _write_onehot(tmp_path / "b.csv", tiny_archive.classes, flipped)
+    before = _db_snapshot(project)
+    with pytest.raises(LabelFileError) as err:
+        api.import_labels(project, f)
+    assert "--overwrite" in err.value.details[0] and "row 2" in err.value.details[0]
+    assert _db_snapshot(project) == before
+    r = api.import_labels(project, f, overwrite=True)
+    assert r.changed == 1
+    p = open_project(project)
+    assert decode_y(p.store.labels()[p.store.ids_by_key()[key]]).tolist() == \
+        (1 - answers[key]).tolist()
+    p.close()
+
+
+def _val_key(project) -> str:
+    p = open_project(project)
+    try:
+        keys = p.store.keys_by_id()
+        return keys[int(p.store.sample_ids("val")[0])]
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("case", ["unknown-file", "val-sample", "unknown-class", "not-01",
+                                  "duplicate", "missing-filename", "empty", "header-only",
+                                  "binary"])
+def test_bad_label_files_import_nothing(case, project, tiny_archive, tmp_path):
+    classes = list(tiny_archive.classes)
+    good = _initial_answers(project, tiny_archive)
+    first = next(iter(good))
+    header = "filename," + ",".join(classes)
+    zeros = ",".join(["0"] * len(classes))
+    lines = [header] + [f"{k},{','.join(str(int(v)) for v in y)}" for k, y in good.items()]
+    expect_row = None
+    if case == "unknown-file":
+        lines.append(f"nowhere/ghost.png,{zeros}")
+        expect_row = f"row {len(lines)}"
+    elif case == "val-sample":
+        lines.append(f"{_val_key(project)},{zeros}")
+        expect_row = f"row {len(lines)}"
+    elif case == "unknown-class":
+        lines = ["filename,labels", f"{first},{classes[0]};watr"]
+        expect_row = "row 2"
+    elif case == "not-01":
+        lines.append(lines[1].rsplit(",", 1)[0] + ",2")
+        lines.pop(1)
+        expect_row = f"row {len(lines)}"
+    elif case == "duplicate":
+        lines.append(lines[1])
+        expect_row = f"row {len(lines)}"
+    elif case == "missing-filename":
+        lines[0] = "name," + ",".join(classes)
+    elif case == "empty":
+        lines = []
+    elif case == "header-only":
+        lines = [header]
+    f = tmp_path / "bad.csv"
+    if case == "binary":
+        f.write_bytes(bytes(range(256)) * 4)
+    else:
+        f.write_text("\n".join(lines) + ("\n" if lines else ""))
+    before = _db_snapshot(project)
+    with pytest.raises(LabelFileError) as err:
+        api.import_labels(project, f)
+    assert "bad.csv" in err.value.message and "\n" not in err.value.message
+    if expect_row:
+        assert any(expect_row in d for d in err.value.details), err.value.details
+    assert _db_snapshot(project) == before
+
+
+def test_status_json_contract(project, cli):
+    r = cli("status", "-p", project, "--json")
+    assert r.code == 0, r.stderr
+    info = json.loads(r.stdout)
+    for key in ("classes", "splits", "labeled", "pending", "rounds"):
+        assert key in info
+    assert info["splits"] == {"pool": 30, "val": 15, "test": 15}
+    assert info["labeled"] == 0 and len(info["pending"]) == 10
+    assert info["rounds"][0]["round"] == 0 and info["rounds"][0]["strategy"] == "random"
+    assert set(info["rounds"][0]) >= {"round", "labeled", "strategy", "metrics"}
+
+
+def test_missing_project_is_one_line_error(tmp_path, cli):
+    r = cli("status", "-p", tmp_path / "nope")
+    assert r.code == 1
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_newer_schema_is_refused(project):
+    conn = sqlite3.connect(project / "alft.db")
+    conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ProjectError, match="newer alft"):
+        api.status(project)
+
+
+def test_query_options_are_checked_before_anything(project):
+    with pytest.raises(OptionError):
+        api.query(project, budget=0)
+    with pytest.raises(OptionError, match="unknown"):
+        api.query(project, budget=5, strategy="magic")
