@@ -109,12 +109,14 @@ def init_pool(
     in_channels: int = 3,
     seed: int = 0,
     workers: int | None = None,
+    index_from: Path | str | None = None,
 ) -> InitPoolResult:
     """Index an archive into a new project: splits, decode cache, initial to-label list.
 
     Gold labels from ``labels_file`` are kept for val and test samples only (evaluation);
     pool samples get labels only through :func:`import_labels`. Without gold labels there is
-    nothing to evaluate against, so val/test default to empty.
+    nothing to evaluate against, so val/test default to empty. ``index_from`` (another
+    project over the same archive) reuses its index and decode cache instead of decoding.
     """
     import time
 
@@ -138,8 +140,11 @@ def init_pool(
     if not 16 <= image_size <= 4096:
         raise OptionError("--image-size must be between 16 and 4096")
 
-    archive_root, scan, manifest = _scan_archive(archive)
-    if not scan.keys:
+    if index_from is not None:
+        archive_root, scan, manifest = archive.resolve(), None, None
+    else:
+        archive_root, scan, manifest = _scan_archive(archive)
+    if scan is not None and not scan.keys:
         raise ArchiveError(f"{archive}: no images found (.tif/.tiff/.png/.jpg/.jpeg)"
                            + (f"; {len(scan.skipped)} unusable" if scan.skipped else ""))
 
@@ -147,7 +152,8 @@ def init_pool(
     try:
         result = _build_project(
             tmp_root, archive_root, manifest, scan, class_list, labels_file, val_fraction,
-            test_fraction, initial, image_size, in_channels, seed, workers)
+            test_fraction, initial, image_size, in_channels, seed, workers,
+            Path(index_from) if index_from is not None else None)
         _move_into_place(tmp_root, root)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -256,44 +262,19 @@ def _scan_manifest(manifest: Path, root: Path) -> ScanResult:
 
 
 def _build_project(
-    tmp_root: Path, archive_root: Path, manifest: Path | None, scan: ScanResult,
+    tmp_root: Path, archive_root: Path, manifest: Path | None, scan: ScanResult | None,
     classes: list[str], labels_file: Path | str | None, val_fraction: float,
     test_fraction: float, initial: int, image_size: int, in_channels: int, seed: int,
-    workers: int | None,
+    workers: int | None, index_from: Path | None = None,
 ) -> InitPoolResult:
-    rep = reporter()
     (tmp_root / "cache").mkdir()
-    cache = create_cache(tmp_root / "cache" / "images.npy", len(scan.keys), in_channels,
-                         image_size)
-    records: list[tuple[int, SampleRecord]] = []
-    skipped = list(scan.skipped)
-    # Per-channel running sums for the normalization statistics (float64: no overflow).
-    total = np.zeros(in_channels)
-    total_sq = np.zeros(in_channels)
-    with rep.task("decoding archive", total=len(scan.keys)) as task:
-        for row, item in enumerate(decode_many(archive_root, scan.keys, image_size, in_channels,
-                                               workers)):
-            task.advance(1)
-            if item.decoded is None:
-                skipped.append((item.key, item.reason or "unreadable"))
-                continue
-            array = item.decoded.array
-            cache[row] = array.transpose(2, 0, 1)
-            pixels = array.reshape(-1, in_channels).astype(np.float64)
-            total += pixels.sum(0)
-            total_sq += (pixels ** 2).sum(0)
-            records.append((row, SampleRecord(item.key, item.size, item.mtime_ns, item.sha256,
-                                              item.decoded.width, item.decoded.height,
-                                              item.decoded.note)))
-    cache.flush()
-    del cache
-    if not records:
-        raise ArchiveError(f"{archive_root}: none of the {len(scan.keys)} images could be "
-                           f"decoded (e.g. {skipped[0][0]}: {skipped[0][1]})")
-    n_pixels = len(records) * image_size * image_size
-    mean = total / n_pixels
-    std = np.sqrt(np.maximum(total_sq / n_pixels - mean ** 2, 1e-6))
-
+    if index_from is not None:
+        records, skipped, mean, std = _reuse_index(tmp_root, index_from, archive_root,
+                                                   image_size, in_channels)
+    else:
+        assert scan is not None
+        records, skipped, mean, std = _index_archive(tmp_root, archive_root, scan, image_size,
+                                                     in_channels, workers)
     gold: dict[int, str] = {}
     notes: list[str] = []
     if labels_file is not None:
@@ -306,7 +287,7 @@ def _build_project(
         archive=str(archive_root), manifest=str(manifest) if manifest else None,
         classes=classes, image_size=image_size, in_channels=in_channels, seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
-        mean=[float(m) for m in mean / 255.0], std=[float(s) for s in std / 255.0],
+        mean=mean, std=std,
         created_at=now_iso(),
     )
     config.save(tmp_root / "config.json")
@@ -343,6 +324,70 @@ def _build_project(
     counts = {s: sum(1 for v in splits.values() if v == s) for s in ("pool", "val", "test")}
     return InitPoolResult(tmp_root, len(records), len(skipped), counts, classes, query_path,
                           n_initial if records else 0, 0.0, skipped_file, notes)
+
+
+def _index_archive(tmp_root: Path, archive_root: Path, scan: ScanResult, image_size: int,
+                   in_channels: int, workers: int | None
+                   ) -> tuple[list[tuple[int, SampleRecord]], list[tuple[str, str]], list[float],
+                              list[float]]:
+    """Decode every candidate into the cache; collect records, skips and channel stats."""
+    cache = create_cache(tmp_root / "cache" / "images.npy", len(scan.keys), in_channels,
+                         image_size)
+    records: list[tuple[int, SampleRecord]] = []
+    skipped = list(scan.skipped)
+    # Per-channel running sums for the normalization statistics (float64: no overflow).
+    total = np.zeros(in_channels)
+    total_sq = np.zeros(in_channels)
+    with reporter().task("decoding archive", total=len(scan.keys)) as task:
+        for row, item in enumerate(decode_many(archive_root, scan.keys, image_size, in_channels,
+                                               workers)):
+            task.advance(1)
+            if item.decoded is None:
+                skipped.append((item.key, item.reason or "unreadable"))
+                continue
+            array = item.decoded.array
+            cache[row] = array.transpose(2, 0, 1)
+            pixels = array.reshape(-1, in_channels).astype(np.float64)
+            total += pixels.sum(0)
+            total_sq += (pixels ** 2).sum(0)
+            records.append((row, SampleRecord(item.key, item.size, item.mtime_ns, item.sha256,
+                                              item.decoded.width, item.decoded.height,
+                                              item.decoded.note)))
+    cache.flush()
+    del cache
+    if not records:
+        raise ArchiveError(f"{archive_root}: none of the {len(scan.keys)} images could be "
+                           f"decoded (e.g. {skipped[0][0]}: {skipped[0][1]})")
+    n_pixels = len(records) * image_size * image_size
+    mean = total / n_pixels
+    std = np.sqrt(np.maximum(total_sq / n_pixels - mean ** 2, 1e-6))
+    return records, skipped, [float(m) for m in mean / 255.0], [float(v) for v in std / 255.0]
+
+
+def _reuse_index(tmp_root: Path, source: Path, archive_root: Path, image_size: int,
+                 in_channels: int
+                 ) -> tuple[list[tuple[int, SampleRecord]], list[tuple[str, str]], list[float],
+                            list[float]]:
+    """Share another project's index and decode cache (same archive and size): simulate
+    makes one project per run without decoding the archive again."""
+    import os
+
+    src = open_project(source, readonly=True)
+    try:
+        cfg = src.config
+        if (Path(cfg.archive) != archive_root or cfg.image_size != image_size
+                or cfg.in_channels != in_channels):
+            raise OptionError(f"{source} indexes another archive or image size")
+        records = [(row, rec) for row, rec, _ in src.store.sample_records()]
+        skipped = src.store.skipped()
+        target = tmp_root / "cache" / "images.npy"
+        try:
+            os.link(src.cache_path, target)
+        except OSError:  # another file system: a symlink works as well for reading
+            os.symlink(src.cache_path.resolve(), target)
+        return records, skipped, list(cfg.mean), list(cfg.std)
+    finally:
+        src.close()
 
 
 def _read_gold(path: Path, classes: list[str], records: list[tuple[int, SampleRecord]],
@@ -635,8 +680,8 @@ def pretrain(project_dir: Path | str, *, restart: bool = False,
                               "--restart starts over (and replaces it)")
         if cfg.resume and not ckpt.exists():
             raise OptionError(f"--resume: no checkpoint at {ckpt}")
-        init_state = _load_init_weights(Path(init_weights), cfg.backbone) if init_weights \
-            else None
+        init_state = (_load_init_weights(Path(init_weights), cfg.backbone,
+                                         project.config.in_channels) if init_weights else None)
         ids = np.concatenate([project.store.sample_ids(s) for s in ("pool", "val", "test")])
         ids.sort()
         out_dir.mkdir(exist_ok=True)
@@ -656,7 +701,7 @@ def pretrain(project_dir: Path | str, *, restart: bool = False,
                               outcome.images_per_second, outcome.interrupted, str(device))
 
 
-def _load_init_weights(path: Path, backbone: str) -> dict:
+def _load_init_weights(path: Path, backbone: str, in_channels: int) -> dict:
     """A backbone state dict from a torchvision state dict or an alft backbone/checkpoint."""
     from alft_cli.checkpoints import load_safe
     from alft_cli.models import backbone_state_dict_from_torchvision
@@ -675,7 +720,7 @@ def _load_init_weights(path: Path, backbone: str) -> dict:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise OptionError(f"{path}: expected a state dict of tensors")
-    return backbone_state_dict_from_torchvision(backbone, state)
+    return backbone_state_dict_from_torchvision(backbone, state, in_channels=in_channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -765,6 +810,9 @@ def _initial_classifier(project: Project, cfg: Any, round_: int) -> tuple[Any, s
     from alft_cli.finetune import build_classifier, load_model
     from alft_cli.models import BACKBONES, load_state_dict_checked
 
+    # The head (and a scratch model) is initialized here: seed first, so a run does not
+    # depend on what else the process did before (simulate runs many rounds in one process).
+    torch_seed(cfg.seed)
     pretrained = json.loads(project.store.get_meta("pretrained") or "null")
     previous = next((r for r in reversed(project.store.rounds())
                      if r.round < round_ and r.model_file), None)
@@ -797,7 +845,6 @@ def _initial_classifier(project: Project, cfg: Any, round_: int) -> tuple[Any, s
     if backbone not in BACKBONES:
         raise OptionError(f"--backbone {backbone!r}: unknown; choose from "
                           f"{', '.join(sorted(BACKBONES))}")
-    torch_seed(cfg.seed)
     return (build_classifier(backbone, project.classes, project.config.in_channels,
                              project.config.mean, project.config.std), "scratch", backbone)
 
@@ -971,3 +1018,129 @@ def _score(model: Any, cache: Any, ids: np.ndarray, device: Any, batch_size: int
     model.to(device)
     h, p = infer(model, cache, ids, device, batch_size, probabilities=with_p)
     return h, p
+
+
+# --------------------------------------------------------------------------------------------
+# exclude (take pool images out of play) and adopt-pretrained (share one BYOL backbone)
+# --------------------------------------------------------------------------------------------
+def exclude_samples(project_dir: Path | str, keys: Sequence[str]) -> int:
+    """Take unlabeled pool images out of play (never queried, trained on or evaluated).
+
+    Used by simulate's imbalance scenarios; labeled, pending or val/test images are refused.
+    Returns how many were excluded.
+    """
+    with _writing(project_dir, "exclude", {"n": len(keys)}) as project:
+        store = project.store
+        ids = store.ids_by_key()
+        splits = store.split_of()
+        labeled = set(store.labels())
+        pending = {s for _, s in store.pending()}
+        problems = []
+        chosen = []
+        for key in keys:
+            sid = ids.get(key)
+            if sid is None:
+                problems.append(f"{key}: not an image of this project")
+            elif splits[sid] != "pool" or sid in labeled or sid in pending:
+                problems.append(f"{key}: only unlabeled, unqueried pool images can be excluded")
+            else:
+                chosen.append(sid)
+        if problems:
+            raise OptionError(f"{len(problems)} images cannot be excluded; nothing changed",
+                              details=problems[:50])
+        with store.transaction():
+            store.set_split(chosen, "excluded")
+        return len(chosen)
+
+
+def adopt_pretrained(project_dir: Path | str, source_project: Path | str) -> dict[str, Any]:
+    """Use another project's pretrained backbone (same archive) instead of pretraining again.
+
+    simulate pretrains once and lets every run project adopt that backbone.
+    """
+    with _reading(source_project) as src:
+        meta = json.loads(src.store.get_meta("pretrained") or "null")
+        if meta is None:
+            raise OptionError(f"{source_project} has no pretrained backbone")
+        meta = {**meta, "file": str(src.resolve(meta["file"]).resolve()),
+                "adopted_from": str(Path(source_project).resolve())}
+        source_archive = src.config.archive
+    with _writing(project_dir, "adopt-pretrained", {"source": str(source_project)}) as project:
+        if project.config.archive != source_archive:
+            raise OptionError(f"{source_project} indexes another archive")
+        with project.store.transaction():
+            project.store.set_meta("pretrained", json.dumps(meta))
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# simulate and report
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SimulateResult:
+    """What simulate did."""
+
+    out: Path
+    runs: list[Path]
+    finished: int
+    report: Path | None
+
+
+def _int_list(text: str | Sequence[int], name: str, count_ok: bool = False) -> list[int]:
+    if not isinstance(text, str):
+        return [int(v) for v in text]
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise OptionError(f"{name} {text!r}: give integers separated by commas") from exc
+    if count_ok and len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise OptionError(f"{name} {text}: give a positive count or a list")
+        return list(range(values[0]))
+    return values
+
+
+def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
+             strategies: str | Sequence[str] = "mge-clustering,random",
+             seeds: str | Sequence[int] = "5", scenarios: str | Sequence[int] = "1",
+             initial: int = 40, budget: int = 20, max_labels: int = 220,
+             val_fraction: float = 0.25, test_fraction: float = 0.25, image_size: int = 256,
+             full_supervision: bool = False, candidates: int | None = None,
+             device: str = "auto", max_steps: int | None = None,
+             pretrain: dict[str, Any] | None = None, finetune: dict[str, Any] | None = None,
+             write_report: bool = True) -> SimulateResult:
+    """Run (or continue) an oracle simulation; see :mod:`alft_cli.simulate`."""
+    from alft_cli.simulate import SimulationSettings, run_simulation
+
+    names = ([s.strip() for s in strategies.split(",") if s.strip()]
+             if isinstance(strategies, str) else list(strategies))
+    pre = dict(pretrain or {})
+    fin = {k: v for k, v in (finetune or {}).items() if v is not None}
+    if pre.get("epochs", 1) == 0:
+        fin.setdefault("init", "scratch")
+    else:
+        fin.pop("backbone", None)  # the pretrained backbone decides
+    settings = SimulationSettings(
+        archive=str(Path(archive).resolve()), labels=str(Path(labels).resolve()),
+        strategies=names, seeds=_int_list(seeds, "--seeds", count_ok=True),
+        scenarios=_int_list(scenarios, "--scenario"), initial=initial, budget=budget,
+        max_labels=max_labels, val_fraction=val_fraction, test_fraction=test_fraction,
+        image_size=image_size, full_supervision=full_supervision, candidates=candidates,
+        pretrain=pre, finetune=fin, device=device)
+    result = run_simulation(Path(out), settings, stop_after=max_steps)
+    report_dir = None
+    if write_report and result.rounds_trained + result.finished > 0:
+        try:
+            report_dir = report(out).out
+        except OptionError:
+            report_dir = None
+    return SimulateResult(Path(out), result.runs, result.finished, report_dir)
+
+
+def report(source: Path | str, *, out: Path | str | None = None, split: str = "test") -> Any:
+    """Write learning curves, tables and plots; see :mod:`alft_cli.report`."""
+    from alft_cli.report import make_report
+
+    if split not in ("test", "val"):
+        raise OptionError("--split: test or val")
+    return make_report(Path(source), Path(out) if out else None, split=split)

@@ -321,6 +321,90 @@ def query(
               f"alft import-labels FILE -p {project}")
 
 
+@app.command("simulate")
+def simulate(
+    archive: Annotated[Path, typer.Argument(help="Folder of images (or manifest CSV).")],
+    labels: Annotated[Path, typer.Option(help="Gold labels (one-hot CSV): the oracle.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Simulation folder (resumable).")
+                       ],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")
+                          ] = "mge-clustering,random",
+    seeds: Annotated[str, typer.Option(help="Number of seeds (5) or a list (0,1,2).")] = "5",
+    scenario: Annotated[str, typer.Option(
+        help="Imbalance scenario(s): 1 = pool as is, 2/3 = remove 20/40 pool images of each "
+             "of 3 minority classes; e.g. 1,2,3.")] = "1",
+    initial: Annotated[int, typer.Option(help="Random initial labels (paper: 40).")] = 40,
+    budget: Annotated[int, typer.Option(help="Images per round (paper: 20).")] = 20,
+    max_labels: Annotated[int, typer.Option(help="Stop at this many labels (paper: 220).")
+                          ] = 220,
+    val_fraction: Annotated[float, typer.Option(help="Validation fraction.")] = 0.25,
+    test_fraction: Annotated[float, typer.Option(help="Test fraction.")] = 0.25,
+    image_size: Annotated[int, typer.Option(help="Image side (paper: 256).")] = 256,
+    backbone: Annotated[str, typer.Option(help="Backbone (paper: densenet121).")
+                        ] = "densenet121",
+    pretrain_epochs: Annotated[int, typer.Option(help="BYOL epochs (paper: 1000; 0 = none).")
+                               ] = 1000,
+    pretrain_batch_size: Annotated[int, typer.Option(help="BYOL batch (paper: 100).")] = 100,
+    pretrain_lr: Annotated[float, typer.Option(help="BYOL Adam lr (paper: 1e-3).")] = 1e-3,
+    hidden_dim: Annotated[int, typer.Option(help="BYOL head hidden size.")] = 4096,
+    proj_dim: Annotated[int, typer.Option(help="BYOL projection size.")] = 256,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (paper: 100).")] = 100,
+    finetune_batch_size: Annotated[int, typer.Option(help="Fine-tuning batch (paper: 10).")
+                                   ] = 10,
+    finetune_lr: Annotated[float, typer.Option(help="SGD lr (paper: 0.025).")] = 0.025,
+    lr_step: Annotated[int, typer.Option(help="lr x0.1 after this epoch (paper: 80).")] = 80,
+    freeze_backbone: Annotated[bool, typer.Option(help="Fine-tune the head only (fast).")
+                               ] = False,
+    candidates: Annotated[int | None, typer.Option(help="m for mge-clustering.")] = None,
+    full_supervision: Annotated[bool, typer.Option(
+        help="Also fine-tune on the whole pool (upper bound).")] = False,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Stop after this many steps (time-sliced sessions); rerun to continue.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Compare AL strategies with an oracle (gold labels answer every query); resumable.
+
+    Example:  alft simulate ucm/images --labels ucm/labels.csv -o sim --seeds 3 --scenario 1,2,3
+    """
+    from alft_cli import api
+
+    r = api.simulate(
+        archive, labels, out_dir, strategies=strategies, seeds=seeds, scenarios=scenario,
+        initial=initial, budget=budget, max_labels=max_labels, val_fraction=val_fraction,
+        test_fraction=test_fraction, image_size=image_size, full_supervision=full_supervision,
+        candidates=candidates, device=device, max_steps=max_steps,
+        pretrain={"backbone": backbone, "epochs": pretrain_epochs,
+                  "batch_size": pretrain_batch_size, "lr": pretrain_lr,
+                  "hidden_dim": hidden_dim, "proj_dim": proj_dim},
+        finetune={"epochs": finetune_epochs, "batch_size": finetune_batch_size,
+                  "lr": finetune_lr, "lr_step": lr_step, "freeze_backbone": freeze_backbone,
+                  "backbone": backbone})
+    out.print(f"simulation {r.out}: {r.finished}/{len(r.runs)} runs finished")
+    if r.report is not None:
+        out.print(f"report: {r.report}/curves.md (plots and CSVs beside it)")
+    if r.finished < len(r.runs):
+        out.print("not finished: run the same command again to continue")
+
+
+@app.command("report")
+def report(
+    source: Annotated[Path, typer.Argument(help="Simulation folder or project folder.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write "
+                                                    "(default SOURCE/report).")] = None,
+    split: Annotated[str, typer.Option(help="test | val")] = "test",
+) -> None:
+    """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
+
+    Example:  alft report sim/   # then open sim/report/curves.md
+    """
+    from alft_cli import api
+
+    r = api.report(source, out=out_dir, split=split)
+    out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
+    for f in r.files:
+        out.print(f"  {f}")
+
+
 # ------------------------------------------------------------------------------------------
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: AlftError -> one line on stderr and its exit code."""

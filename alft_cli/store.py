@@ -24,13 +24,15 @@ from alft_cli.config import SCHEMA_VERSION
 from alft_cli.errors import ProjectError
 
 SPLITS = ("pool", "val", "test")
+# "excluded": indexed but out of play (e.g. removed from the pool by an imbalance scenario).
+ALL_SPLITS = (*SPLITS, "excluded")
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE samples (
     id INTEGER PRIMARY KEY,                -- row in the decode cache
     key TEXT NOT NULL UNIQUE,              -- path relative to the archive root, POSIX style
-    split TEXT NOT NULL CHECK (split IN ('pool', 'val', 'test')),
+    split TEXT NOT NULL CHECK (split IN ('pool', 'val', 'test', 'excluded')),
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
@@ -225,7 +227,13 @@ class Store:
         counts = dict.fromkeys(SPLITS, 0)
         for split, n in self.conn.execute("SELECT split, COUNT(*) FROM samples GROUP BY split"):
             counts[split] = n
+        if not counts.get("excluded"):
+            counts.pop("excluded", None)
         return counts
+
+    def set_split(self, sample_ids: Iterable[int], split: str) -> None:
+        self.conn.executemany("UPDATE samples SET split=? WHERE id=?",
+                              ((split, int(s)) for s in sample_ids))
 
     def sample_ids(self, split: str) -> np.ndarray:
         rows = self.conn.execute("SELECT id FROM samples WHERE split=? ORDER BY id", (split,))

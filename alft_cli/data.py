@@ -1,0 +1,115 @@
+"""Batches of decoded images from the project cache, prefetched off the training thread.
+
+Decoding happened once at init-pool; here a batch is a memcpy out of the memory-mapped cache,
+done by a background thread so the device never waits for it. Augmentations run on the
+device, batched (see :mod:`alft_cli.augment`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alft_cli.images import open_cache
+
+
+class CachedImages:
+    """Read-only view of ``cache/images.npy`` (N, C, S, S) uint8."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.array = open_cache(self.path)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.array.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[1])
+
+    def read(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` as one contiguous (B, C, S, S) uint8 array."""
+        ids = np.asarray(ids, dtype=np.int64)
+        # Sorted reads walk the file forward (page-cache friendly); restore the order after.
+        order = np.argsort(ids, kind="stable")
+        out = np.empty((len(ids),) + self.array.shape[1:], dtype=np.uint8)
+        out[order] = self.array[ids[order]]
+        return out
+
+
+def iterate_batches(cache: CachedImages, ids: np.ndarray, batch_size: int,
+                    device: torch.device, prefetch: int = 3
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(batch_ids, uint8 tensor on device)`` for consecutive slices of ``ids``.
+
+    A background thread reads up to ``prefetch`` batches ahead (pinned memory on CUDA, so the
+    host-to-device copy overlaps compute).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    slices = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    pin = device.type == "cuda"
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    sentinel = object()
+
+    def producer() -> None:
+        try:
+            for chunk in slices:
+                if stop.is_set():
+                    return
+                tensor = torch.from_numpy(cache.read(chunk))
+                if pin:
+                    tensor = tensor.pin_memory()
+                q.put((chunk, tensor))
+        except BaseException as exc:  # hand the error to the consumer thread
+            q.put(exc)
+            return
+        q.put(sentinel)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is sentinel:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            chunk, tensor = item
+            yield chunk, tensor.to(device, non_blocking=pin)
+    finally:
+        stop.set()
+        # Drain so the producer can finish its put() and exit.
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def epoch_order(ids: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``ids`` for one epoch: a pure function of (seed, epoch), so a
+    resumed run and every DDP rank see the same order without saving RNG state."""
+    return np.random.default_rng([seed, epoch]).permutation(np.asarray(ids, dtype=np.int64))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    from alft_cli.errors import OptionError
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OptionError("--device cuda: no CUDA GPU is available (use --device cpu)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise OptionError(f"--device {name!r}: use auto, cpu or cuda")

@@ -1,0 +1,297 @@
+"""Learning curves and tables from a simulation (or one project): what `alft report` writes.
+
+- ``rounds.csv``: one row per trained round of every run (metrics, class counts of the
+  labeled set);
+- ``curves.csv`` / ``curves.md``: test micro/macro F1 vs number of labels, mean +- std over
+  seeds, per scenario and strategy;
+- ``paired.csv`` (and in ``curves.md``): each strategy minus random on the same seed (same
+  split, same initial set), mean and 95% paired-t interval per budget;
+- ``curves_s<k>.png``, ``paired_s<k>.png``, ``classes_s<k>.png``: the plots (matplotlib);
+- ``class_hist.csv``: per-round class histogram of the labeled set (mean over seeds), to show
+  which classes a strategy picks.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alft_cli.atomic import atomic_open, atomic_write_text
+from alft_cli.errors import OptionError
+from alft_cli.simulate import collect, write_rows_csv
+
+METRICS = ("test_micro_f1", "test_macro_f1")
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    files: list[Path]
+    runs: int
+    rows: int
+
+
+def make_report(source: Path, out: Path | None = None, split: str = "test") -> ReportResult:
+    """Write curves, tables and plots for a simulation or project folder."""
+    source = Path(source)
+    if not source.exists():
+        raise OptionError(f"{source} does not exist")
+    rows = collect(source)
+    if not rows:
+        raise OptionError(f"{source}: no trained rounds with metrics yet (run alft simulate or "
+                          "alft finetune with gold val/test labels)")
+    metrics = tuple(m.replace("test_", f"{split}_") for m in METRICS)
+    missing = [m for m in metrics if not any(m in r for r in rows)]
+    if missing:
+        raise OptionError(f"{source}: no {split} metrics in the stored rounds")
+    out = Path(out) if out else source / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    write_rows_csv(rows, out / "rounds.csv")
+    files.append(out / "rounds.csv")
+    curves = curve_table(rows, metrics)
+    paired = paired_differences(rows, metrics)
+    files += _write_curves_csv(curves, metrics, out / "curves.csv")
+    files += _write_paired_csv(paired, out / "paired.csv")
+    files += _write_class_hist(rows, out / "class_hist.csv")
+    files.append(out / "curves.md")
+    atomic_write_text(out / "curves.md", markdown(curves, paired, metrics, rows))
+    files += _plots(curves, paired, rows, metrics, out)
+    runs = len({(r["scenario"], r["strategy"], r["seed"]) for r in rows})
+    return ReportResult(out, files, runs, len(rows))
+
+
+def curve_table(rows: list[dict[str, Any]], metrics: tuple[str, ...]
+                ) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """(scenario, strategy) -> rows of {labeled, n, <metric>_mean, <metric>_std} by labels."""
+    groups: dict[tuple[int, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["scenario"], r["strategy"], r["labeled"])].append(r)
+    curves: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    for (scenario, strategy, labeled), items in sorted(groups.items()):
+        point: dict[str, Any] = {"labeled": labeled, "n": len(items)}
+        for m in metrics:
+            values = np.array([r[m] for r in items if m in r], dtype=float)
+            point[f"{m}_mean"] = float(values.mean()) if len(values) else math.nan
+            point[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        curves[(scenario, strategy)].append(point)
+    return dict(curves)
+
+
+def paired_differences(rows: list[dict[str, Any]], metrics: tuple[str, ...],
+                       baseline: str = "random") -> list[dict[str, Any]]:
+    """Strategy minus baseline on the same (scenario, seed, labels): mean and 95% CI."""
+    from scipy import stats
+
+    index = {(r["scenario"], r["strategy"], r["seed"], r["labeled"]): r for r in rows}
+    out = []
+    keys = sorted({(r["scenario"], r["strategy"], r["labeled"]) for r in rows
+                   if r["strategy"] not in (baseline, "full")})
+    for scenario, strategy, labeled in keys:
+        item: dict[str, Any] = {"scenario": scenario, "strategy": strategy, "labeled": labeled}
+        for m in metrics:
+            diffs = np.array([
+                r[m] - index[(scenario, baseline, r["seed"], labeled)][m]
+                for (s, st, _, lab), r in index.items()
+                if s == scenario and st == strategy and lab == labeled and m in r
+                and (scenario, baseline, r["seed"], labeled) in index
+            ], dtype=float)
+            n = len(diffs)
+            item["n"] = n
+            mean = float(diffs.mean()) if n else math.nan
+            half = (float(stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+                    if n > 1 else math.nan)
+            item[f"{m}_diff"] = mean
+            item[f"{m}_ci_low"] = mean - half if n > 1 else math.nan
+            item[f"{m}_ci_high"] = mean + half if n > 1 else math.nan
+        if item["n"]:
+            out.append(item)
+    return out
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else (
+        "" if isinstance(value, float) else value)
+
+
+def _write_curves_csv(curves: dict, metrics: tuple[str, ...], path: Path) -> list[Path]:
+    header = ["scenario", "strategy", "labeled", "n_seeds"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_std"]
+    body = []
+    for (scenario, strategy), points in sorted(curves.items()):
+        for p in points:
+            body.append([scenario, strategy, p["labeled"], p["n"]] + [
+                _fmt(p[f"{m}_{s}"]) for m in metrics for s in ("mean", "std")])
+    atomic_write_text(path, _csv_text(header, body))
+    return [path]
+
+
+def _write_paired_csv(paired: list[dict[str, Any]], path: Path) -> list[Path]:
+    if not paired:
+        atomic_write_text(path, "")
+        return [path]
+    header = list(paired[0])
+    atomic_write_text(path, _csv_text(header, [[_fmt(p[h]) for h in header] for p in paired]))
+    return [path]
+
+
+def _class_hist(rows: list[dict[str, Any]]) -> dict[tuple[int, str, int], dict[str, float]]:
+    groups: dict[tuple[int, str, int], list[dict[str, int]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["scenario"], r["strategy"], r["round"])].append(r["class_counts"])
+    return {k: {c: float(np.mean([v[c] for v in items])) for c in items[0]}
+            for k, items in sorted(groups.items())}
+
+
+def _write_class_hist(rows: list[dict[str, Any]], path: Path) -> list[Path]:
+    hist = _class_hist(rows)
+    classes = list(next(iter(hist.values())))
+    body = [[s, st, r] + [f"{v[c]:.2f}" for c in classes] for (s, st, r), v in hist.items()]
+    atomic_write_text(path, _csv_text(["scenario", "strategy", "round", *classes], body))
+    return [path]
+
+
+def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...],
+             rows: list[dict[str, Any]]) -> str:
+    """Mean +- std per budget (one column per strategy), then the paired differences."""
+    lines = ["# Learning curves", ""]
+    split = metrics[0].split("_")[0]
+    for scenario in sorted({s for s, _ in curves}):
+        strategies = sorted(st for s, st in curves if s == scenario)
+        lines += [f"## Scenario {scenario}: {split} micro F1 / macro F1 (mean +- std over seeds)",
+                  ""]
+        lines.append("| labels | " + " | ".join(strategies) + " |")
+        lines.append("|---|" + "---|" * len(strategies))
+        budgets = sorted({p["labeled"] for (s, _), pts in curves.items() if s == scenario
+                          for p in pts})
+        for b in budgets:
+            cells = []
+            for st in strategies:
+                p = next((p for p in curves[(scenario, st)] if p["labeled"] == b), None)
+                cells.append("" if p is None else
+                             f"{100 * p[metrics[0] + '_mean']:.2f} +- "
+                             f"{100 * p[metrics[0] + '_std']:.2f} / "
+                             f"{100 * p[metrics[1] + '_mean']:.2f} +- "
+                             f"{100 * p[metrics[1] + '_std']:.2f} (n={p['n']})")
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+        mine = [p for p in paired if p["scenario"] == scenario]
+        if mine:
+            lines += [f"### Scenario {scenario}: strategy minus random, same seed "
+                      "(F1 points, mean [95% paired-t CI])", ""]
+            lines.append("| strategy | labels | n | micro F1 diff | macro F1 diff |")
+            lines.append("|---|---|---|---|---|")
+            for p in mine:
+                lines.append(f"| {p['strategy']} | {p['labeled']} | {p['n']} | "
+                             + " | ".join(_diff_cell(p, m) for m in metrics) + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _diff_cell(p: dict[str, Any], m: str) -> str:
+    mean, lo, hi = p[f"{m}_diff"], p[f"{m}_ci_low"], p[f"{m}_ci_high"]
+    if math.isnan(lo):
+        return f"{100 * mean:+.2f}"
+    return f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]],
+           metrics: tuple[str, ...], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for scenario in sorted({s for s, _ in curves}):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+        for ax, m in zip(axes, metrics):
+            for (s, strategy), points in sorted(curves.items()):
+                if s != scenario:
+                    continue
+                x = np.array([p["labeled"] for p in points])
+                y = np.array([p[f"{m}_mean"] for p in points])
+                e = np.array([p[f"{m}_std"] for p in points])
+                if strategy == "full":
+                    ax.axhline(y[-1], linestyle="--", color="grey",
+                               label=f"full supervision ({x[-1]} labels)")
+                    continue
+                ax.plot(x, y, marker="o", label=strategy)
+                ax.fill_between(x, y - e, y + e, alpha=0.2)
+            ax.set_xlabel("labeled images")
+            ax.set_ylabel(m.replace("_", " "))
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle(f"scenario {scenario}: mean +- std over seeds")
+        fig.tight_layout()
+        files.append(_save(fig, out / f"curves_s{scenario}.png"))
+        plt.close(fig)
+        mine = [p for p in paired if p["scenario"] == scenario]
+        if mine:
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+            for ax, m in zip(axes, metrics):
+                for strategy in sorted({p["strategy"] for p in mine}):
+                    pts = [p for p in mine if p["strategy"] == strategy]
+                    x = np.array([p["labeled"] for p in pts])
+                    y = 100 * np.array([p[f"{m}_diff"] for p in pts])
+                    lo = 100 * np.array([p[f"{m}_ci_low"] for p in pts])
+                    hi = 100 * np.array([p[f"{m}_ci_high"] for p in pts])
+                    ax.plot(x, y, marker="o", label=strategy)
+                    ax.fill_between(x, lo, hi, alpha=0.2)
+                ax.axhline(0, color="black", linewidth=0.8)
+                ax.set_xlabel("labeled images")
+                ax.set_ylabel(f"{m.replace('_', ' ')} minus random (points)")
+                ax.grid(alpha=0.3)
+            axes[0].legend()
+            fig.suptitle(f"scenario {scenario}: paired difference vs random, 95% CI")
+            fig.tight_layout()
+            files.append(_save(fig, out / f"paired_s{scenario}.png"))
+            plt.close(fig)
+        files += _class_plot(rows, scenario, out, plt)
+    return files
+
+
+def _class_plot(rows: list[dict[str, Any]], scenario: int, out: Path, plt: Any) -> list[Path]:
+    hist = _class_hist([r for r in rows if r["scenario"] == scenario and r["strategy"] != "full"])
+    if not hist:
+        return []
+    last: dict[str, dict[str, float]] = {}
+    for (_, strategy, _round), counts in sorted(hist.items()):
+        last[strategy] = counts  # sorted by round: the last one wins
+    classes = list(next(iter(last.values())))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes)), 4))
+    width = 0.8 / len(last)
+    for i, (strategy, counts) in enumerate(sorted(last.items())):
+        ax.bar(np.arange(len(classes)) + i * width, [counts[c] for c in classes], width,
+               label=strategy)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=45, ha="right")
+    ax.set_ylabel("labeled images with the class (mean over seeds)")
+    ax.set_title(f"scenario {scenario}: class histogram of the labeled set, last round")
+    ax.legend()
+    fig.tight_layout()
+    path = _save(fig, out / f"classes_s{scenario}.png")
+    plt.close(fig)
+    return [path]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    return path

@@ -1,0 +1,605 @@
+"""Tag an archive with an exported model: onnxruntime, streaming, resumable, shardable.
+
+Only the ``.onnx`` file written by ``alft export`` is needed (classes, thresholds and input
+size are in its metadata); no project. Images are listed, decoded by a thread pool (Pillow
+releases the GIL) a few batches ahead of the batch being scored, scored in batches, and
+appended to the output one batch at a time, so memory stays flat whatever the archive size
+and a killed run loses at most one batch (``--resume`` picks it up).
+
+Shards (``--shard i/n``) are chosen by a stable hash of each file's key, so n machines that
+list the same archive split it exactly, in any listing order, without talking to each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import io
+import json
+import os
+import sys
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from alft_cli.errors import ArchiveError, CheckpointError, OptionError
+from alft_cli.images import ImageDecodeError, load_image, scan_folder
+from alft_cli.progress import reporter
+
+FORMATS = ("csv", "jsonl")
+DEVICES = ("auto", "cpu", "cuda")
+# Batches decoded ahead of the one being scored: enough to keep the decoders busy while the
+# model runs, few enough that memory does not depend on the archive.
+WINDOW_BATCHES = 3
+DECIMALS = 6
+
+
+@dataclass
+class TagResult:
+    """What a tagging run did.
+
+    Attributes:
+        tagged: images scored and written by this run.
+        skipped: files that could not be used (listed in ``skipped_file``).
+        already_done: images of this shard found in the output (``--resume``), not redone.
+        provider: the onnxruntime execution provider used.
+        out: the output file.
+        skipped_file: the side file listing unusable files, or None when there were none.
+        seconds: wall time of listing, decoding, scoring and writing (model loading excluded).
+        images_per_second: ``tagged / seconds``.
+    """
+
+    tagged: int
+    skipped: int
+    already_done: int
+    provider: str
+    out: Path
+    skipped_file: Path | None
+    seconds: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an alft ONNX file says about itself (its ``metadata_props``)."""
+
+    classes: list[str]
+    thresholds: np.ndarray
+    input_name: str
+    output_name: str
+    image_size: int
+    in_channels: int
+    metadata: dict[str, str]
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------------------------
+def open_session(model_path: Path | str, device: str = "auto",
+                 threads: int | None = None) -> tuple[Any, str]:
+    """Open an onnxruntime session on the best provider ``device`` allows.
+
+    ``auto`` uses CUDA when onnxruntime has the CUDA provider and a GPU is there, else the
+    CPU; ``cuda`` without a usable GPU is an error rather than a silent CPU run.
+
+    Args:
+        model_path: the .onnx file.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: intra-op threads for the CPU provider; default: the usable cores.
+
+    Returns:
+        ``(session, provider)`` where provider is e.g. ``"CUDAExecutionProvider"``.
+
+    Raises:
+        OptionError: unknown device, or ``cuda`` without a usable GPU.
+        CheckpointError: the file is missing or not a readable ONNX model.
+    """
+    session, provider, _ = _open_session(model_path, device, threads)
+    return session, provider
+
+
+def _open_session(model_path: Path | str, device: str, threads: int | None
+                  ) -> tuple[Any, str, str | None]:
+    """:func:`open_session`, plus why the GPU was not used under ``auto`` (or None)."""
+    import onnxruntime as ort
+
+    device = (device or "auto").lower()
+    if device not in DEVICES:
+        raise OptionError(f"--device {device!r}: use auto, cpu or cuda")
+    path = Path(model_path)
+    if not path.is_file():
+        raise CheckpointError(f"model {path} does not exist")
+    # Provider-load warnings are noise for the user; failures surface as errors below.
+    ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or cpu_count()
+    options.inter_op_num_threads = 1
+    # Decoding threads run while the model does; spinning inference threads would steal
+    # their cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    problem: str | None = None
+    if device in ("auto", "cuda"):
+        problem = _cuda_problem(ort)
+        if problem is None:
+            session, error = _try_session(ort, path, options,
+                                          ["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if session is not None and session.get_providers()[0] == "CUDAExecutionProvider":
+                return session, "CUDAExecutionProvider", None
+            problem = ("onnxruntime could not start its CUDA provider"
+                       + (f" ({error})" if error else " (CUDA 12+/cuDNN 9 libraries not found?)"))
+        if device == "cuda":
+            raise OptionError(f"--device cuda: {problem}; use --device cpu or auto")
+    session, error = _try_session(ort, path, options, ["CPUExecutionProvider"])
+    if session is None:
+        raise CheckpointError(f"{path} is not a readable ONNX model ({error})")
+    return session, "CPUExecutionProvider", problem
+
+
+def _try_session(ort: Any, path: Path, options: Any, providers: list[str]
+                 ) -> tuple[Any | None, str | None]:
+    # enable_fallback=0: onnxruntime's own fallback prints banners to stdout; falling back
+    # is decided here instead.
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(str(path), options, providers=providers,
+                                           enable_fallback=0)
+    except Exception as exc:  # onnxruntime raises its own (non-RuntimeError) classes
+        text = str(exc).strip().splitlines()
+        return None, (text[0][:200] if text else type(exc).__name__)
+    return session, None
+
+
+def _cuda_problem(ort: Any) -> str | None:
+    """Why the CUDA provider cannot be used here, or None (then its libraries are loaded)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
+    if cuda_device_count() == 0:
+        return "no CUDA GPU is available"
+    # onnxruntime-gpu finds CUDA/cuDNN only if they are already loaded or on the library
+    # path; torch ships them as wheels and loads them when imported.
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if hasattr(ort, "preload_dlls"):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+                ort.preload_dlls()
+    return None
+
+
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports (0 without driver or GPU), without importing torch."""
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    try:
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except AttributeError:
+        return 0
+    return int(count.value)
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def read_model_info(session: Any, path: Path | str = "model") -> ModelInfo:
+    """Classes, thresholds and input geometry from an alft model's metadata.
+
+    Raises:
+        CheckpointError: the model was not written by ``alft export`` or its metadata is
+            inconsistent with its graph.
+    """
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if "classes" not in meta or "alft_version" not in meta:
+        raise CheckpointError(f"{path} is not an alft model (no alft metadata: classes, "
+                              "thresholds, input size); export one with alft export")
+    try:
+        classes = [str(c) for c in json.loads(meta["classes"])]
+        thresholds = np.asarray(json.loads(meta.get("thresholds") or "null")
+                                or [0.5] * len(classes), dtype=np.float64)
+        size = int(meta["input_size"])
+        channels = int(meta.get("in_channels", "3"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable alft metadata ({exc})") from exc
+    if not classes or thresholds.shape != (len(classes),):
+        raise CheckpointError(f"{path}: metadata has {len(classes)} classes but "
+                              f"{thresholds.size} thresholds")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    input_name = meta.get("input_name", inputs[0].name)
+    output_name = meta.get("output_name", outputs[0].name)
+    graph_input = next((i for i in inputs if i.name == input_name), None)
+    if graph_input is None or output_name not in [o.name for o in outputs]:
+        raise CheckpointError(f"{path}: the graph has no input {input_name!r} or output "
+                              f"{output_name!r} named in its metadata")
+    shape = list(graph_input.shape)
+    if len(shape) != 4 or shape[1:] != [channels, size, size]:
+        raise CheckpointError(f"{path}: input shape {shape} does not match the metadata "
+                              f"({channels} x {size} x {size})")
+    return ModelInfo(classes, thresholds, input_name, output_name, size, channels, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# the archive
+# --------------------------------------------------------------------------------------------
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0-based i < n) -> ``(i, n)``; None stays None.
+
+    Raises:
+        OptionError: anything else.
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    parts = str(text).strip().split("/")
+    try:
+        index, count = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        index = count = None
+    if index is None or count is None or count < 1 or not 0 <= index < count:
+        raise OptionError(f"--shard {text!r}: use i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
+    return index, count
+
+
+def in_shard(key: str, index: int, count: int) -> bool:
+    """Whether ``key`` belongs to shard ``index`` of ``count`` (a stable hash of the key)."""
+    return zlib.crc32(key.encode("utf-8")) % count == index
+
+
+def list_archive(archive: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
+    """The images of a folder (recursive) or of a manifest CSV with a ``filename`` column.
+
+    Returns:
+        ``(root, keys, skipped)``: keys are POSIX paths relative to root (the folder, or the
+        manifest's folder), sorted; skipped are ``(key, reason)`` found but unusable.
+
+    Raises:
+        ArchiveError: the archive does not exist or the manifest cannot be read.
+    """
+    if not archive.exists():
+        raise ArchiveError(f"archive {archive} does not exist")
+    if archive.is_dir():
+        scan = scan_folder(archive)
+        return archive, scan.keys, list(scan.skipped)
+    if archive.suffix.lower() != ".csv":
+        raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
+                           "'filename' column")
+    root = archive.parent
+    try:
+        text = archive.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"{archive}: cannot read manifest ({exc})") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "filename" not in fields:
+        raise ArchiveError(f"{archive}: manifest needs a 'filename' column")
+    column = (reader.fieldnames or [])[fields.index("filename")]
+    keys: list[str] = []
+    seen: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    resolved_root = root.resolve()
+    for row in reader:
+        name = (row.get(column) or "").strip().replace("\\", "/")
+        if not name:
+            continue
+        if Path(name).is_absolute():
+            try:
+                name = Path(name).resolve().relative_to(resolved_root).as_posix()
+            except ValueError:
+                skipped.append((name, f"outside the manifest's folder {root}"))
+                continue
+        name = name.removeprefix("./")
+        if ".." in Path(name).parts:
+            skipped.append((name, "'..' in the path"))
+            continue
+        if name not in seen:  # a name listed twice is tagged once
+            seen.add(name)
+            keys.append(name)
+    return root, sorted(keys), skipped
+
+
+def _decode(root: Path, key: str, size: int, channels: int
+            ) -> tuple[np.ndarray | None, str | None]:
+    """One file -> (C, S, S) float32 ready for the model, or (None, reason)."""
+    path = root / key
+    try:
+        if path.stat().st_size == 0:
+            return None, "empty file (0 bytes)"
+        array = load_image(path, size, channels).array
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except FileNotFoundError:
+        return None, "not found"
+    except PermissionError:
+        return None, "permission denied"
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    # Layout and dtype here, in the worker thread, keep the scoring thread free.
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32), None
+
+
+# --------------------------------------------------------------------------------------------
+# the output
+# --------------------------------------------------------------------------------------------
+def _header(classes: list[str]) -> list[str]:
+    return ["filename", *classes, "labels"]
+
+
+def _repair_tail(path: Path) -> int:
+    """Cut a partial last line (a run killed mid-write); returns the bytes removed."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as handle:
+        end = size
+        block = 1 << 16
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep < size:
+            handle.truncate(keep)
+    return size - keep
+
+
+def _read_done(out: Path, fmt: str, classes: list[str]) -> set[str]:
+    """Filenames already in ``out``; checks that it was written for these classes."""
+    done: set[str] = set()
+    with open(out, encoding="utf-8", newline="") as handle:
+        if fmt == "csv":
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                return done
+            if header != _header(classes):
+                raise OptionError(f"{out}: its columns are not this model's "
+                                  f"({', '.join(header[:4])}...); use another --out")
+            for row in reader:
+                if row:
+                    done.add(row[0])
+            return done
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                name, probabilities = record["filename"], record["probabilities"]
+            except (ValueError, KeyError, TypeError):
+                raise OptionError(f"{out} line {number} is not an alft tag record; "
+                                  "use another --out") from None
+            if number == 1 and list(probabilities) != classes:
+                raise OptionError(f"{out}: written for other classes than this model's; "
+                                  "use another --out")
+            done.add(name)
+    return done
+
+
+class _Writer:
+    """Appends rows to the output; each batch is flushed, so a kill loses at most one."""
+
+    def __init__(self, handle: IO[str], fmt: str, classes: list[str],
+                 thresholds: np.ndarray, header: bool) -> None:
+        self.handle = handle
+        self.fmt = fmt
+        self.classes = classes
+        self.thresholds = thresholds
+        self.csv = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
+        if header and self.csv is not None:
+            self.csv.writerow(_header(classes))
+            handle.flush()
+
+    def write(self, keys: list[str], probabilities: np.ndarray) -> None:
+        hits = probabilities >= self.thresholds[None, :]
+        for key, p, hit in zip(keys, probabilities, hits):
+            labels = [c for c, h in zip(self.classes, hit) if h]
+            if self.csv is not None:
+                self.csv.writerow([key, *(f"{v:.{DECIMALS}f}" for v in p), ";".join(labels)])
+            else:
+                self.handle.write(json.dumps({
+                    "filename": key,
+                    "probabilities": {c: round(float(v), DECIMALS)
+                                      for c, v in zip(self.classes, p)},
+                    "labels": labels}) + "\n")
+        self.handle.flush()
+
+
+class _SkipLog:
+    """The ``<out>.skipped.csv`` side file, created at the first unusable file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+
+    def add(self, key: str, reason: str) -> None:
+        if self._handle is None:
+            self._handle = open(self.path, "w", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._handle, lineterminator="\n")
+            self._writer.writerow(["filename", "reason"])
+        self._writer.writerow([key, reason])
+        self._handle.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
+                device: str = "auto", shard: str | None = None, resume: bool = False,
+                batch_size: int = 32, workers: int | None = None) -> TagResult:
+    """Score every image of an archive with an exported model; write probabilities and labels.
+
+    The CSV has ``filename`` (relative to the archive, POSIX), one probability column per
+    class (6 decimals) and ``labels``: the classes whose probability reaches their threshold,
+    joined by ``;``. JSONL has one ``{"filename", "probabilities": {class: p}, "labels"}``
+    object per line. Unusable files are listed in ``<out>.skipped.csv`` and the run goes on.
+
+    Example:
+        >>> tag_archive(Path("exports/alft_round003.onnx"), Path("/data/tiles"),
+        ...             Path("tags_0.csv"), shard="0/4", resume=True)
+
+    Args:
+        model_path: a .onnx file written by ``alft export``.
+        archive: a folder of images (searched recursively) or a manifest CSV with a
+            ``filename`` column (paths relative to the manifest's folder).
+        out: the output file.
+        fmt: ``csv`` or ``jsonl``.
+        device: ``auto`` (CUDA when usable, else CPU), ``cpu`` or ``cuda``.
+        shard: ``"i/n"``: tag only the files whose key hashes to shard i of n.
+        resume: continue an interrupted run: keep the rows already in ``out``.
+        batch_size: images per inference call.
+        workers: decoding threads; default: the usable cores (at most 8).
+
+    Returns:
+        Counts, provider, timing.
+
+    Raises:
+        OptionError: bad option, or ``out`` exists without ``resume``.
+        CheckpointError: the model is unreadable or not an alft model.
+        ArchiveError: the archive does not exist or cannot be listed.
+    """
+    rep = reporter()
+    model_path, archive, out = Path(model_path), Path(archive), Path(out)
+    fmt = (fmt or "csv").lower()
+    if fmt not in FORMATS:
+        raise OptionError(f"--format {fmt!r}: use csv or jsonl")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers {workers}: must be at least 1")
+    shard_spec = parse_shard(shard)
+    if out.is_dir():
+        raise OptionError(f"--out {out} is a folder; give a file name")
+    if out.exists() and not resume:
+        raise OptionError(f"{out} exists; use --resume or another --out")
+    if not archive.exists():
+        raise ArchiveError(f"archive {archive} does not exist")
+
+    session, provider, no_gpu = _open_session(model_path, device, None)
+    info = read_model_info(session, model_path)
+    if fmt == "csv" and {"filename", "labels"} & set(info.classes):
+        raise OptionError("a class is named 'filename' or 'labels', which the CSV needs for "
+                          "itself; use --format jsonl")
+    where = "GPU" if provider.startswith("CUDA") else "CPU"
+    rep.info(f"tagging on {where} with onnxruntime {provider}"
+             + (f" (GPU not used: {no_gpu})" if no_gpu else "")
+             + f"; {model_path.name}: {len(info.classes)} classes, {info.image_size} px")
+
+    started = time.perf_counter()
+    root, keys, listing_skipped = list_archive(archive)
+    if shard_spec is not None:
+        keys = [k for k in keys if in_shard(k, *shard_spec)]
+        listing_skipped = [s for s in listing_skipped if in_shard(s[0], *shard_spec)]
+
+    done: set[str] = set()
+    new_file = True
+    if resume and out.exists():
+        removed = _repair_tail(out)
+        if removed:
+            rep.warn(f"{out}: removed a partial last line ({removed} bytes) left by an "
+                     "interrupted run")
+        done = _read_done(out, fmt, info.classes)
+        new_file = out.stat().st_size == 0
+    todo = [k for k in keys if k not in done]
+    already = len(keys) - len(todo)
+    del done
+    if already:
+        rep.info(f"resuming: {already} images already in {out}, {len(todo)} to go")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    skip_log = _SkipLog(out.with_name(out.name + ".skipped.csv"))
+    skip_log.path.unlink(missing_ok=True)  # it describes this run only
+    for key, reason in listing_skipped:
+        skip_log.add(key, reason)
+    tagged = 0
+    workers = workers or min(8, cpu_count())
+    try:
+        with open(out, "a", encoding="utf-8", newline="") as handle, \
+                ThreadPoolExecutor(max_workers=workers) as pool, \
+                rep.task("tagging", total=len(todo)) as task:
+            writer = _Writer(handle, fmt, info.classes, info.thresholds, header=new_file)
+            for processed, batch_keys, arrays in _decoded_batches(pool, root, todo,
+                                                                  batch_size, info, skip_log):
+                if batch_keys:
+                    x = np.stack(arrays)
+                    probabilities = session.run([info.output_name], {info.input_name: x})[0]
+                    writer.write(batch_keys, probabilities)
+                    tagged += len(batch_keys)
+                elapsed = time.perf_counter() - started
+                task.advance(processed, img_s=tagged / max(elapsed, 1e-9))
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        skip_log.close()
+    seconds = time.perf_counter() - started
+    if skip_log.count:
+        rep.warn(f"{skip_log.count} files could not be used; see {skip_log.path}")
+    return TagResult(tagged, skip_log.count, already, provider, out,
+                     skip_log.path if skip_log.count else None, seconds,
+                     tagged / seconds if seconds > 0 else 0.0)
+
+
+def _decoded_batches(pool: ThreadPoolExecutor, root: Path, keys: list[str], batch_size: int,
+                     info: ModelInfo, skip_log: _SkipLog
+                     ) -> Iterator[tuple[int, list[str], list[np.ndarray]]]:
+    """Yield (files processed, usable keys, their arrays) per batch while the next batches
+    decode in the pool.
+
+    At most ``WINDOW_BATCHES`` batches are submitted ahead, so while the caller scores batch
+    k, batches k+1.. decode, and memory is bounded by the window, not the archive.
+    """
+    def submit(start: int) -> tuple[list[str], list[Future]]:
+        chunk = keys[start:start + batch_size]
+        return chunk, [pool.submit(_decode, root, k, info.image_size, info.in_channels)
+                       for k in chunk]
+
+    starts = iter(range(0, len(keys), batch_size))
+    inflight: deque[tuple[list[str], list[Future]]] = deque()
+    for start in starts:
+        inflight.append(submit(start))
+        if len(inflight) >= WINDOW_BATCHES:
+            break
+    while inflight:
+        chunk, futures = inflight.popleft()
+        following = next(starts, None)
+        if following is not None:  # keep the window full before waiting on this batch
+            inflight.append(submit(following))
+        good_keys: list[str] = []
+        arrays: list[np.ndarray] = []
+        for key, future in zip(chunk, futures):
+            array, reason = future.result()
+            if array is None:
+                skip_log.add(key, reason or "unreadable")
+            else:
+                good_keys.append(key)
+                arrays.append(array)
+        yield len(chunk), good_keys, arrays

@@ -1,0 +1,61 @@
+"""Pieces shared by the training loops: precision, graceful stop, step timing."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any
+
+import torch
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """channels_last on CUDA (faster convolutions with tensor cores); unchanged on CPU."""
+    if device.type == "cuda" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class GracefulStop:
+    """Turn the first Ctrl-C / SIGTERM into a request to stop after the current step.
+
+    The loop checks :attr:`requested` between steps, so a checkpoint is always taken at a
+    step boundary (optimizer, EMA target and RNG consistent). A second Ctrl-C interrupts at
+    once. Under DDP every rank must stop at the same step, so :meth:`should_stop` agrees
+    across ranks.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> GracefulStop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def should_stop(self, device: torch.device) -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return self.requested

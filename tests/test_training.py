@@ -1,0 +1,214 @@
+"""pretrain / finetune / query on tiny synthetic data: resume equivalence, learning, queries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alft_cli import api
+from alft_cli.checkpoints import load_safe
+from alft_cli.errors import OptionError
+from alft_cli.training import GracefulStop
+
+TINY_BYOL = dict(backbone="resnet18", batch_size=16, hidden_dim=64, proj_dim=32, device="cpu")
+TINY_FT = dict(batch_size=8, lr_step=0, device="cpu")
+
+
+def _answer_pending(project: Path, tiny_archive, name: str = "answers.csv") -> Path:
+    gold = {k: tiny_archive.Y[i] for i, k in enumerate(tiny_archive.keys)}
+    pending = api.status(project)["pending"]
+    path = project.parent / name
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", *tiny_archive.classes])
+        for key in pending:
+            writer.writerow([key, *[int(v) for v in gold[key]]])
+    return path
+
+
+def _stop_after(monkeypatch, calls: int) -> None:
+    """Make the loop see a Ctrl-C after `calls` steps (a checkpoint is saved at that step)."""
+    state = {"n": 0}
+
+    def should_stop(self, device):
+        state["n"] += 1
+        return state["n"] >= calls
+
+    monkeypatch.setattr(GracefulStop, "should_stop", should_stop)
+
+
+def _tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # 3 batches per epoch: end of epoch 1, mid epoch 2
+def test_pretrain_resume_is_exact(stop_at, tiny_archive, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    api.init_pool(tiny_archive.root, straight, classes="a,b", initial=0, image_size=32)
+    api.pretrain(straight, epochs=2, checkpoint_every=1, **TINY_BYOL)
+
+    resumed = tmp_path / "resumed"
+    api.init_pool(tiny_archive.root, resumed, classes="a,b", initial=0, image_size=32)
+    with monkeypatch.context() as m:
+        _stop_after(m, stop_at)
+        r = api.pretrain(resumed, epochs=2, checkpoint_every=1, **TINY_BYOL)
+    assert r.interrupted
+    assert api.status(resumed)["pretrained"] is None  # not done: no backbone recorded
+    with pytest.raises(OptionError, match="--resume"):
+        api.pretrain(resumed, epochs=2, **TINY_BYOL)
+    r2 = api.pretrain(resumed, epochs=2, checkpoint_every=1, resume=True, **TINY_BYOL)
+    assert not r2.interrupted
+    a = load_safe(straight / "pretrain" / "backbone.pt")["state_dict"]
+    b = load_safe(resumed / "pretrain" / "backbone.pt")["state_dict"]
+    assert _tensors_equal(a, b)
+    ca = load_safe(straight / "pretrain" / "checkpoint.pt")
+    cb = load_safe(resumed / "pretrain" / "checkpoint.pt")
+    assert _tensors_equal(ca["model"], cb["model"])  # the EMA target too
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_archive, tmp_path_factory):
+    """A project with a 1-epoch BYOL backbone and a fine-tuned round 0 (10 labels)."""
+    root = tmp_path_factory.mktemp("trained") / "proj"
+    api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv, initial=10,
+                  image_size=32, seed=0)
+    api.pretrain(root, epochs=1, **TINY_BYOL)
+    api.import_labels(root, _answer_pending(root, tiny_archive, "initial.csv"))
+    api.finetune(root, epochs=2, **TINY_FT)
+    return root
+
+
+def test_finetune_records_metrics_that_match_sklearn(trained):
+    from sklearn.metrics import f1_score
+
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer
+    from alft_cli.finetune import load_model
+    from alft_cli.project import open_project
+
+    info = api.status(trained)
+    r0 = info["rounds"][0]
+    assert r0["labeled"] == 10 and r0["model"]
+    for split in ("val", "test"):
+        assert {"micro_f1", "macro_f1", "mAP", "per_class"} <= set(r0["metrics"][split])
+    model, meta = load_model(trained / r0["model"])
+    assert meta["trained_on"] == 10
+    p = open_project(trained)
+    ids, y = p.store.gold("test")
+    _, prob = infer(model, CachedImages(p.cache_path), ids, torch.device("cpu"))
+    p.close()
+    pred = (prob >= 0.5).astype(int)
+    assert r0["metrics"]["test"]["micro_f1"] == pytest.approx(
+        f1_score(y, pred, average="micro", zero_division=0), abs=1e-9)
+    assert r0["metrics"]["test"]["macro_f1"] == pytest.approx(
+        f1_score(y, pred, average="macro", zero_division=0), abs=1e-9)
+    saved = json.loads((trained / "rounds" / "round_000" / "metrics.json").read_text())
+    assert saved["test"]["micro_f1"] == r0["metrics"]["test"]["micro_f1"]
+
+
+def test_finetune_resume_is_exact(tiny_archive, tmp_path, monkeypatch):
+    def make(name: str) -> Path:
+        root = tmp_path / name
+        api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv,
+                      initial=12, image_size=32, seed=1)
+        api.import_labels(root, _answer_pending(root, tiny_archive, f"{name}.csv"))
+        return root
+
+    opts = dict(epochs=3, checkpoint_every=1, init="scratch", backbone="resnet18", **TINY_FT)
+    a, b = make("a"), make("b")
+    api.finetune(a, **opts)
+    with monkeypatch.context() as m:
+        _stop_after(m, 1)
+        r = api.finetune(b, **opts)
+    assert r.interrupted and api.status(b)["rounds"][0]["model"] is None
+    api.finetune(b, resume=True, **opts)
+    sa = load_safe(a / "rounds" / "round_000" / "model.pt")["state_dict"]
+    sb = load_safe(b / "rounds" / "round_000" / "model.pt")["state_dict"]
+    assert _tensors_equal(sa, sb)
+    assert not (b / "rounds" / "round_000" / "finetune_checkpoint.pt").exists()
+
+
+def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
+    r = cli("query", "-p", trained, "--budget", "6", "--seed", "3", "--device", "cpu")
+    assert r.code == 0, r.stderr
+    info = api.status(trained)
+    q = info["rounds"][-1]
+    assert q["round"] == 1 and q["strategy"] == "mge-clustering" and q["pending"] == 6
+    rows = list(csv.DictReader(open(trained / q["query_file"])))
+    names = [row["filename"] for row in rows]
+    assert len(names) == len(set(names)) == 6
+    from alft_cli.project import open_project
+
+    p = open_project(trained)
+    ids = p.store.ids_by_key()
+    splits = p.store.split_of()
+    labeled = set(p.store.labels())
+    p.close()
+    assert all(splits[ids[n]] == "pool" and ids[n] not in labeled for n in names)
+    assert {"rank", "score", "cluster", "labels"} <= set(rows[0])
+    assert any(k.startswith("p_") for k in rows[0])
+    assert sorted(int(row["cluster"]) for row in rows) == list(range(6))
+    # A second query while this one is pending needs --force; with it, the same seed
+    # and model give the same images, and the round is replaced, not added.
+    again = cli("query", "-p", trained, "--budget", "6", "--seed", "3", "--device", "cpu")
+    assert again.code == 1 and "--force" in again.stderr
+    forced = cli("query", "-p", trained, "--budget", "6", "--seed", "3", "--device", "cpu",
+                 "--force", "--format", "label-studio")
+    assert forced.code == 0, forced.stderr
+    info2 = api.status(trained)
+    assert len(info2["rounds"]) == 2
+    rows2 = list(csv.DictReader(open(trained / info2["rounds"][-1]["query_file"])))
+    assert [row["filename"] for row in rows2] == names
+    tasks = json.loads((trained / "rounds" / "round_001" / "query.label-studio.json").read_text())
+    assert [t["data"]["alft_key"] for t in tasks] == names
+    assert (trained / "rounds" / "round_001" / "label-studio-config.xml").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_and_finetune_beat_the_untrained_model(tiny_archive, tmp_path):
+    from alft_cli.data import CachedImages
+    from alft_cli.finetune import build_classifier, evaluate
+    from alft_cli.project import open_project
+
+    root = tmp_path / "p"
+    api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv, initial=30,
+                  image_size=32, seed=0)
+    api.pretrain(root, epochs=3, **TINY_BYOL)
+    api.import_labels(root, _answer_pending(root, tiny_archive))
+    result = api.finetune(root, epochs=15, lr=0.01, **TINY_FT)
+    p = open_project(root)
+    torch.manual_seed(0)
+    untrained = build_classifier("resnet18", p.classes, 3, p.config.mean, p.config.std)
+    base = evaluate(untrained, CachedImages(p.cache_path), {"test": p.store.gold("test")},
+                    p.classes, torch.device("cpu"))
+    p.close()
+    trained_f1 = result.metrics["test"]["micro_f1"]
+    assert trained_f1 > base["test"]["micro_f1"] + 0.05
+    assert result.metrics["test"]["mAP"] > base["test"]["mAP"] + 0.05
+
+
+@pytest.mark.slow
+def test_pretrain_under_torchrun_with_two_gloo_processes(tiny_archive, tmp_path):
+    root = tmp_path / "ddp"
+    api.init_pool(tiny_archive.root, root, classes="a,b", initial=0, image_size=32)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALFT_LOCK_TIMEOUT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port=29517", "-m", "alft_cli", "pretrain", "-p", str(root),
+         "--backbone", "resnet18", "--epochs", "2", "--batch-size", "16", "--hidden-dim", "64",
+         "--proj-dim", "32", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = api.status(root)
+    assert info["pretrained"]["backbone"] == "resnet18"
+    ckpt = load_safe(root / "pretrain" / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and len(ckpt["generators"]) == 2  # one per rank
+    assert np.isfinite(ckpt["losses"]).all()
