@@ -762,6 +762,9 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
         if round_ is None or len(ids) == 0:
             raise OptionError("no labeled pool images yet: label the to-label list and run "
                               "alft import-labels first")
+        if len(ids) < 2 and not cfg.freeze_backbone:
+            raise OptionError("fine-tuning needs at least 2 labeled images (BatchNorm); "
+                              "import more labels")
         model, init_used, backbone = _initial_classifier(project, cfg, round_)
         if init_used == "scratch" and cfg.init != "scratch":
             rep.warn("no pretrained backbone and no earlier model: training from random "

@@ -52,7 +52,25 @@ def iterate_batches(cache: CachedImages, ids: np.ndarray, batch_size: int,
     host-to-device copy overlaps compute).
     """
     ids = np.asarray(ids, dtype=np.int64)
-    slices = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    return iterate_chunks(cache, [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)],
+                          device, prefetch)
+
+
+def even_chunks(ids: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split ``ids`` into ceil(n / batch_size) batches of near-equal size.
+
+    Training with a small labeled set must not end an epoch on a batch of 1 or 2: BatchNorm
+    statistics of such a batch are degenerate and corrupt the running averages used at
+    inference (features then blow up by orders of magnitude). 10 labels at batch 8 -> 5 + 5.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    n_batches = max(1, -(-len(ids) // batch_size))
+    return [chunk for chunk in np.array_split(ids, n_batches) if len(chunk)]
+
+
+def iterate_chunks(cache: CachedImages, slices: list[np.ndarray], device: torch.device,
+                   prefetch: int = 3) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Like :func:`iterate_batches` for explicit batches of ids."""
     pin = device.type == "cuda"
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()

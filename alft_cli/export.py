@@ -262,7 +262,7 @@ def model_metadata(model: nn.Module, classes: list[str], thresholds: list[float]
         "alft_format": "1",
         "task": "multi-label",
         "classes": json.dumps(classes),
-        "thresholds": json.dumps([round(float(t), 6) for t in thresholds]),
+        "thresholds": json.dumps([float(t) for t in thresholds]),
         "thresholds_source": thresholds_source or "given",
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,

@@ -21,7 +21,7 @@ from torch import nn
 from alft_cli.augment import finetune_augment
 from alft_cli.checkpoints import load_safe, rng_state, save_atomic, set_rng_state
 from alft_cli.config import FinetuneConfig
-from alft_cli.data import CachedImages, epoch_order, iterate_batches
+from alft_cli.data import CachedImages, epoch_order, even_chunks, iterate_chunks
 from alft_cli.embed import infer
 from alft_cli.errors import CheckpointError
 from alft_cli.metrics import multilabel_metrics
@@ -96,10 +96,9 @@ def train(model: Classifier, cache: CachedImages, ids: np.ndarray, y: np.ndarray
         task.update(completed=start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(ids, cfg.seed, epoch)
-            if len(order) % cfg.batch_size == 1 and len(order) > 1:
-                order = order[:-1]  # a batch of one breaks BatchNorm; reshuffled next epoch
             total, count = 0.0, 0
-            for chunk, images in iterate_batches(cache, order, cfg.batch_size, device):
+            for chunk, images in iterate_chunks(cache, even_chunks(order, cfg.batch_size),
+                                                device):
                 x = to_device_layout(finetune_augment(images.float(), generator), device)
                 t = targets[[position[int(s)] for s in chunk]].to(device)
                 with autocast(device):

@@ -136,8 +136,8 @@ def _open_session(model_path: Path | str, device: str, threads: int | None
                                           ["CUDAExecutionProvider", "CPUExecutionProvider"])
             if session is not None and session.get_providers()[0] == "CUDAExecutionProvider":
                 return session, "CUDAExecutionProvider", None
-            problem = ("onnxruntime could not start its CUDA provider"
-                       + (f" ({error})" if error else " (CUDA 12+/cuDNN 9 libraries not found?)"))
+            problem = ("onnxruntime could not start its CUDA provider ("
+                       + (error or "CUDA/cuDNN libraries not found?") + ")")
         if device == "cuda":
             raise OptionError(f"--device cuda: {problem}; use --device cpu or auto")
     session, error = _try_session(ort, path, options, ["CPUExecutionProvider"])
@@ -148,16 +148,46 @@ def _open_session(model_path: Path | str, device: str, threads: int | None
 
 def _try_session(ort: Any, path: Path, options: Any, providers: list[str]
                  ) -> tuple[Any | None, str | None]:
+    """A session, or (None, why); for a GPU provider that did not load, also why."""
     # enable_fallback=0: onnxruntime's own fallback prints banners to stdout; falling back
-    # is decided here instead.
+    # is decided here instead. A provider library that fails to load is logged by the C++
+    # side straight to stderr at error level, which no severity setting short of "fatal"
+    # hides; it is captured and its reason reported in one line instead.
+    captured: list[str] = []
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _stderr_captured(captured):
             session = ort.InferenceSession(str(path), options, providers=providers,
                                            enable_fallback=0)
     except Exception as exc:  # onnxruntime raises its own (non-RuntimeError) classes
         text = str(exc).strip().splitlines()
         return None, (text[0][:200] if text else type(exc).__name__)
-    return session, None
+    reason = next((line.rsplit("with error: ", 1)[1].strip() for line in captured
+                   if "with error: " in line), None)
+    return session, reason
+
+
+@contextlib.contextmanager
+def _stderr_captured(lines: list[str]) -> Iterator[None]:
+    """Redirect file descriptor 2 (C++ logging) to a temp file; its lines go to ``lines``."""
+    import tempfile
+
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _cuda_problem(ort: Any) -> str | None:
@@ -455,7 +485,8 @@ class _SkipLog:
 # --------------------------------------------------------------------------------------------
 def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
                 device: str = "auto", shard: str | None = None, resume: bool = False,
-                batch_size: int = 32, workers: int | None = None) -> TagResult:
+                batch_size: int = 32, workers: int | None = None,
+                threads: int | None = None) -> TagResult:
     """Score every image of an archive with an exported model; write probabilities and labels.
 
     The CSV has ``filename`` (relative to the archive, POSIX), one probability column per
@@ -478,6 +509,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         resume: continue an interrupted run: keep the rows already in ``out``.
         batch_size: images per inference call.
         workers: decoding threads; default: the usable cores (at most 8).
+        threads: onnxruntime intra-op threads on the CPU; default: the usable cores.
 
     Returns:
         Counts, provider, timing.
@@ -496,6 +528,8 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     if workers is not None and workers < 1:
         raise OptionError(f"--workers {workers}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise OptionError(f"--threads {threads}: must be at least 1")
     shard_spec = parse_shard(shard)
     if out.is_dir():
         raise OptionError(f"--out {out} is a folder; give a file name")
@@ -504,7 +538,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
     if not archive.exists():
         raise ArchiveError(f"archive {archive} does not exist")
 
-    session, provider, no_gpu = _open_session(model_path, device, None)
+    session, provider, no_gpu = _open_session(model_path, device, threads)
     info = read_model_info(session, model_path)
     if fmt == "csv" and {"filename", "labels"} & set(info.classes):
         raise OptionError("a class is named 'filename' or 'labels', which the CSV needs for "

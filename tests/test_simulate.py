@@ -1,0 +1,156 @@
+"""A tiny oracle simulation (2 strategies x 2 seeds x 2 query rounds) and its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from alft_cli import api, simulate
+from alft_cli.project import open_project
+from alft_cli.store import decode_y
+
+STRATEGIES = ("mge-clustering", "random")
+
+
+@pytest.fixture(scope="module")
+def sim(tiny_archive, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "sim"
+    mp = pytest.MonkeyPatch()
+    # The tiny pool (30 images) cannot lose 20/40 images per class; scale scenario 3 down.
+    mp.setattr(simulate, "SCENARIO_REMOVALS", {1: 0, 2: 2, 3: 3})
+    try:
+        api.simulate(tiny_archive.root, tiny_archive.labels_csv, out,
+                     strategies=",".join(STRATEGIES), seeds="2", scenarios="1,3", initial=6,
+                     budget=4, max_labels=14, image_size=32, full_supervision=True,
+                     device="cpu",
+                     pretrain={"backbone": "resnet18", "epochs": 1, "batch_size": 16,
+                               "hidden_dim": 64, "proj_dim": 32},
+                     finetune={"epochs": 1, "batch_size": 8, "lr_step": 0})
+    finally:
+        mp.undo()
+    return out
+
+
+def _runs(sim):
+    return sorted(p for p in (sim / "runs").glob("s*/*/seed*"))
+
+
+@pytest.mark.slow
+def test_every_run_reaches_the_budget_through_real_rounds(sim):
+    runs = _runs(sim)
+    assert len(runs) == 2 * 2 * 3  # scenarios x seeds x (2 strategies + full)
+    for run in runs:
+        info = api.status(run)
+        if run.parts[-2] == "full":
+            assert len(info["rounds"]) == 1 and info["labeled"] == info["splits"]["pool"]
+            continue
+        assert [r["labeled"] for r in info["rounds"]] == [6, 10, 14]
+        assert all(r["metrics"]["test"]["micro_f1"] >= 0 for r in info["rounds"])
+        assert info["rounds"][0]["strategy"] == "random"
+        assert {r["strategy"] for r in info["rounds"][1:]} == {run.parts[-2]}
+        assert info["pending"] == []
+
+
+@pytest.mark.slow
+def test_oracle_reveals_only_queried_labels(sim, tiny_archive):
+    gold = {k: tiny_archive.Y[i] for i, k in enumerate(tiny_archive.keys)}
+    for run in _runs(sim):
+        if run.parts[-2] == "full":
+            continue
+        p = open_project(run)
+        try:
+            keys = p.store.keys_by_id()
+            labels = p.store.labels()
+            queried = {sid for r in p.store.rounds() for sid in p.store.queried_ids(r.round)}
+            assert set(labels) == queried
+            for sid, y in labels.items():
+                assert np.array_equal(decode_y(y), gold[keys[sid]])
+            if run.parts[-3] == "s1":
+                assert p.store.split_counts()["pool"] == 30
+        finally:
+            p.close()
+
+
+@pytest.mark.slow
+def test_same_seed_runs_share_split_removals_and_initial_set(sim):
+    for scenario in ("s1", "s3"):
+        for seed in ("seed0", "seed1"):
+            firsts = []
+            for strategy in STRATEGIES:
+                p = open_project(sim / "runs" / scenario / strategy / seed)
+                try:
+                    keys = p.store.keys_by_id()
+                    firsts.append((
+                        sorted(keys[i] for i in p.store.queried_ids(0)),
+                        sorted(keys[int(i)] for i in p.store.sample_ids("test")),
+                        sorted(keys[int(i)] for i in p.store.sample_ids("excluded"))))
+                finally:
+                    p.close()
+            assert firsts[0] == firsts[1]
+        # Round 0 models are identical too (same data, same seed): paired comparisons.
+        a = api.status(sim / "runs" / scenario / STRATEGIES[0] / "seed0")["rounds"][0]
+        b = api.status(sim / "runs" / scenario / STRATEGIES[1] / "seed0")["rounds"][0]
+        assert a["metrics"]["test"]["micro_f1"] == b["metrics"]["test"]["micro_f1"]
+
+
+@pytest.mark.slow
+def test_scenario_removes_pool_images_of_three_minority_classes(sim, tiny_archive):
+    classes = list(tiny_archive.classes)
+    gold = {k: tiny_archive.Y[i] for i, k in enumerate(tiny_archive.keys)}
+    for seed in (0, 1):
+        p = open_project(sim / "runs" / "s3" / "random" / f"seed{seed}")
+        try:
+            keys = p.store.keys_by_id()
+            excluded = [keys[int(i)] for i in p.store.sample_ids("excluded")]
+            counts = p.store.split_counts()
+            pool_before = [keys[int(i)] for i in p.store.sample_ids("pool")] + excluded
+        finally:
+            p.close()
+        chosen = simulate.minority_classes(classes, gold, seed)
+        assert len(chosen) == 3
+        # Each chosen class lost 3 pool images (or all it had).
+        for name in chosen:
+            c = classes.index(name)
+            having = sum(int(gold[k][c]) for k in pool_before)
+            assert sum(int(gold[k][c]) for k in excluded) >= min(3, having)
+        assert 3 <= len(excluded) <= 9
+        assert counts["pool"] + len(excluded) == 30
+        assert counts["val"] == counts["test"] == 15
+
+
+def test_ucm_minority_classes_never_pair_dock_and_ship():
+    classes = list(simulate.UCM_MINORITY) + ["buildings", "trees"]
+    gold = {"x": np.ones(len(classes), dtype=np.uint8)}
+    for seed in range(200):
+        chosen = set(simulate.minority_classes(classes, gold, seed))
+        assert len(chosen) == 3 and chosen <= set(simulate.UCM_MINORITY)
+        assert not {"dock", "ship"} <= chosen
+
+
+@pytest.mark.slow
+def test_report_files_agree_with_stored_metrics(sim):
+    report = sim / "report"
+    for name in ("curves.csv", "curves.md", "paired.csv", "class_hist.csv", "rounds.csv",
+                 "curves_s1.png", "curves_s3.png", "paired_s1.png", "classes_s1.png"):
+        assert (report / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(report / "curves.csv")))
+    for row in rows:
+        if row["strategy"] == "full":
+            continue
+        values = []
+        for seed in ("seed0", "seed1"):
+            info = api.status(sim / "runs" / f"s{row['scenario']}" / row["strategy"] / seed)
+            r = next(r for r in info["rounds"] if r["labeled"] == int(row["labeled"]))
+            values.append(r["metrics"]["test"]["micro_f1"])
+        assert float(row["test_micro_f1_mean"]) == pytest.approx(np.mean(values), abs=1e-4)
+        assert float(row["test_micro_f1_std"]) == pytest.approx(np.std(values, ddof=1),
+                                                                 abs=1e-4)
+    paired = list(csv.DictReader(open(report / "paired.csv")))
+    assert {p["strategy"] for p in paired} == {"mge-clustering"}
+    assert "Scenario 3" in (report / "curves.md").read_text()
+    # Resuming a finished simulation does nothing new and keeps the settings.
+    settings = json.loads((sim / "simulation.json").read_text())
+    assert settings["max_labels"] == 14
