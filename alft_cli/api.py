@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from alft_cli import __version__
+from alft_cli import __version__, faults
 from alft_cli.atomic import atomic_open
 from alft_cli.config import ProjectConfig, parse_class_list
 from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
@@ -314,7 +314,9 @@ def _build_project(
                 store.add_round(0, "random", n_initial, seed, None,
                                 project.relative(query_path))
                 store.add_query(0, ((int(s), i + 1, None, None) for i, s in enumerate(chosen)))
-            store.start_run("init-pool", {"archive": str(archive_root), "seed": seed})
+            # The project appears by an atomic rename once complete: its run is finished here.
+            store.finish_run(store.start_run("init-pool", {"archive": str(archive_root),
+                                                           "seed": seed}), "ok")
     finally:
         store.close()
     skipped_file = None
@@ -520,21 +522,20 @@ def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto
                     [f"... and {len(problems) - 50} more"] if len(problems) > 50 else []))
         added = len(new) - changed
         if new and not dry_run:
-            if current is None:
-                # Labels before any query (e.g. an existing labeled subset): open round 0.
-                with store.transaction():
-                    store.add_round(0, "imported", 0, project.config.seed, None, None)
+            faults.point("import-labels:validated")
             with store.transaction():
-                import_id = store.add_import(project.relative(file) if file.is_absolute()
-                                             else str(file), _sha256(file), parsed.format,
+                if current is None:
+                    # Labels before any query (an existing labeled subset): open round 0.
+                    store.add_round(0, "imported", 0, project.config.seed, None, None)
+                import_id = store.add_import(str(file.resolve()), _sha256(file), parsed.format,
                                              added, changed, unchanged)
                 store.upsert_labels((s, y, r, import_id) for s, y, r in new)
                 store.mark_labeled(s for s, _, _ in new)
+                faults.point("import-labels:before-commit")
+            faults.point("import-labels:committed")
         labeled_ids = {s for s, _, _ in new}
         pending_left = sum(1 for _, s in store.pending() if s not in labeled_ids)
-        labeled_total = len(existing) + (added if dry_run or new else 0)
-        if not dry_run:
-            labeled_total = store.count_labels()
+        labeled_total = len(existing) + added
         return ImportResult(file, parsed.format, added, changed, unchanged, parsed.skipped,
                             dry_run, pending_left, labeled_total, list(parsed.notes))
 
@@ -778,6 +779,7 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
         if outcome.interrupted:
             return FinetuneResult(round_, len(ids), init_used, backbone, None, {},
                                   outcome.seconds, True, str(device))
+        faults.point("finetune:trained")
         eval_sets = {split: store.gold(split) for split in ("val", "test")}
         metrics = ft.evaluate(model, cache, eval_sets, project.classes, device,
                               cfg.eval_batch_size)
@@ -790,6 +792,7 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
             "train_config": json.dumps(train_config)})
         with atomic_open(round_dir / "metrics.json") as handle:
             json.dump({"round": round_, "labeled": int(len(ids)), **metrics}, handle, indent=2)
+        faults.point("finetune:model-saved")
         with store.transaction():
             store.set_round_model(round_, project.relative(model_file), int(len(ids)),
                                   metrics, train_config)
@@ -950,13 +953,15 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         reuse = (cur_rec is not None and cur_rec.model_file is None
                  and current not in set(store.label_rounds().values()))
         new_round = current if reuse else (0 if current is None else current + 1)
-        query_path = Path(out) if out else project.round_dir(new_round) / "query.csv"
+        query_path = Path(out) if out else _fresh_path(project.round_dir(new_round) /
+                                                       "query.csv")
         keys = store.keys_by_id()
         rows = [QueryRow(keys[int(s)], rank + 1, float(selection.scores[rank]),
                          int(selection.clusters[rank]),
                          None if p is None else p[selection.indices[rank]].tolist())
                 for rank, s in enumerate(chosen)]
         write_query_csv(query_path, rows, project.classes)
+        faults.point("query:file-written")
         ls_files: list[Path] = []
         if fmt == "label-studio":
             tasks = query_path.with_suffix(".label-studio.json")
@@ -985,12 +990,26 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
             store.add_query(new_round, ((int(s), i + 1, float(selection.scores[i]),
                                          int(selection.clusters[i]))
                                         for i, s in enumerate(chosen)))
+            faults.point("query:before-commit")
         if cancelled:
             notes.append(f"cancelled {cancelled} pending images of the earlier query; they "
                          "are back in the unlabeled pool")
         return QueryResult(new_round, strategy, query_path, len(chosen), budget,
                            len(unlabeled), model_rec.round if model_rec else None, ls_files,
                            cancelled, notes)
+
+
+def _fresh_path(path: Path) -> Path:
+    """``path``, or ``stem-2.csv``, ``stem-3.csv``... if taken.
+
+    A replaced query never overwrites the file of the query it replaces: if the command dies
+    before its transaction commits, the store still points at an intact old file.
+    """
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def _scoring_model(project: Project, model_rec: Any) -> Any:
@@ -1147,3 +1166,135 @@ def report(source: Path | str, *, out: Path | str | None = None, split: str = "t
     if split not in ("test", "val"):
         raise OptionError("--split: test or val")
     return make_report(Path(source), Path(out) if out else None, split=split)
+
+
+# --------------------------------------------------------------------------------------------
+# doctor
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DoctorReport:
+    """What doctor found; ``problems`` make the project inconsistent, ``notes`` do not."""
+
+    problems: list[str]
+    notes: list[str]
+    checked: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def doctor(project_dir: Path | str, *, verify_hashes: bool = False) -> DoctorReport:
+    """Check a project without changing anything: files, cache, labels, rounds, artifacts."""
+    problems: list[str] = []
+    notes: list[str] = []
+    checked: dict[str, int] = {}
+    with _reading(project_dir) as project:
+        store = project.store
+        integrity = store.conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            problems.append(f"database integrity check failed: {integrity}")
+        n_classes = len(project.classes)
+        records = list(store.sample_records())
+        checked["images"] = len(records)
+        archive = project.archive
+        for _sid, rec, _split in records:
+            path = archive / rec.key
+            try:
+                stat = path.stat()
+            except OSError:
+                problems.append(f"image {rec.key}: missing from the archive {archive}")
+                continue
+            if stat.st_size != rec.size:
+                problems.append(f"image {rec.key}: size changed ({rec.size} -> {stat.st_size} "
+                                "bytes) since indexing")
+            elif verify_hashes:
+                from alft_cli.images import file_sha256
+
+                if file_sha256(path) != rec.sha256:
+                    problems.append(f"image {rec.key}: content changed since indexing")
+        _check_cache(project, records, problems)
+        splits = store.split_of()
+        labels = store.labels()
+        checked["labels"] = len(labels)
+        for sid, y in labels.items():
+            if len(y) != n_classes or set(y) - {"0", "1"}:
+                problems.append(f"label of {project.store.keys_by_id()[sid]}: malformed {y!r}")
+            if splits.get(sid) != "pool":
+                problems.append(f"sample {sid} has an imported label but is {splits.get(sid)}")
+        for split in ("val", "test"):
+            ids, y = store.gold(split)
+            if len(ids) and y.shape[1] != n_classes:
+                problems.append(f"gold labels of {split} have {y.shape[1]} classes, "
+                                f"not {n_classes}")
+        gold_pool = store.conn.execute(
+            "SELECT COUNT(*) FROM gold g JOIN samples s ON s.id=g.sample_id "
+            "WHERE s.split='pool'").fetchone()[0]
+        if gold_pool:
+            problems.append(f"{gold_pool} pool samples carry gold labels (must be val/test only)")
+        _check_rounds(project, labels, problems, notes, checked)
+        pretrained = json.loads(store.get_meta("pretrained") or "null")
+        if pretrained and not project.resolve(pretrained["file"]).is_file():
+            problems.append(f"pretrained backbone {pretrained['file']} is missing")
+        running = store.conn.execute(
+            "SELECT id, command, started_at FROM runs WHERE status='running'").fetchall()
+        for run_id, command, started in running:
+            notes.append(f"command {command} (run {run_id}, started {started}) did not finish "
+                         "(killed or still running); its changes were rolled back or are "
+                         "complete")
+    return DoctorReport(problems, notes, checked)
+
+
+def _check_cache(project: Project, records: list, problems: list[str]) -> None:
+    from alft_cli.images import open_cache
+
+    try:
+        cache = open_cache(project.cache_path)
+    except (OSError, ValueError) as exc:
+        problems.append(f"decode cache {project.cache_path}: unreadable ({exc})")
+        return
+    cfg = project.config
+    want = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    top = max((sid for sid, _, _ in records), default=-1)
+    if cache.shape[1:] != want or cache.shape[0] <= top:
+        problems.append(f"decode cache has shape {cache.shape}, expected (>{top}, "
+                        f"{', '.join(map(str, want))})")
+
+
+def _check_rounds(project: Project, labels: dict[int, str], problems: list[str],
+                  notes: list[str], checked: dict[str, int]) -> None:
+    store = project.store
+    keys = store.keys_by_id()
+    rounds = store.rounds()
+    checked["rounds"] = len(rounds)
+    known = {r.round for r in rounds}
+    for r in rounds:
+        if r.model_file and not project.resolve(r.model_file).is_file():
+            problems.append(f"round {r.round}: model {r.model_file} is recorded but missing")
+        if r.model_file is None and (project.round_dir(r.round) / "model.pt").exists():
+            notes.append(f"round {r.round}: model.pt exists but was never recorded (an "
+                         "interrupted finetune); the next finetune replaces it")
+        if r.query_file:
+            path = project.resolve(r.query_file)
+            if not path.is_file():
+                problems.append(f"round {r.round}: query file {r.query_file} is missing")
+                continue
+            try:
+                with open(path, newline="", encoding="utf-8-sig") as handle:
+                    listed = [row.get("filename", "") for row in csv.DictReader(handle)]
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                problems.append(f"round {r.round}: query file unreadable ({exc})")
+                continue
+            queried = [keys[s] for s in store.queried_ids(r.round)]
+            if sorted(listed) != sorted(queried):
+                problems.append(f"round {r.round}: query file {r.query_file} lists other images "
+                                "than the store's query")
+    rows = store.conn.execute("SELECT round, sample_id, state FROM queries").fetchall()
+    checked["queries"] = len(rows)
+    for round_, sid, state in rows:
+        if round_ not in known:
+            problems.append(f"query of sample {sid} belongs to unknown round {round_}")
+        if state == "labeled" and sid not in labels:
+            problems.append(f"{keys.get(sid, sid)}: query says labeled but no label is stored")
+        if state == "pending" and sid in labels:
+            problems.append(f"{keys.get(sid, sid)}: labeled but its query is still pending")

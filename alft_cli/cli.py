@@ -405,6 +405,37 @@ def report(
         out.print(f"  {f}")
 
 
+@app.command("doctor")
+def doctor(
+    project: ProjectOpt,
+    verify_hashes: Annotated[bool, typer.Option("--hash", help="Also re-hash every image "
+                                                "(slow on big archives).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Check a project (files, cache, labels, rounds, artifacts); changes nothing.
+
+    Exit code 0 when consistent, 1 when a problem was found.
+
+    Example:  alft doctor -p proj --hash
+    """
+    from alft_cli import api
+
+    r = api.doctor(project, verify_hashes=verify_hashes)
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": r.ok, "problems": r.problems, "notes": r.notes,
+                                     "checked": r.checked}, indent=2) + "\n")
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in r.checked.items())
+        out.print(f"checked {counts}")
+        for note in r.notes:
+            out.print(f"note: {note}")
+        for problem in r.problems:
+            out.print(f"problem: {problem}", style="red")
+        out.print("project is consistent" if r.ok else f"{len(r.problems)} problems found")
+    if not r.ok:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: AlftError -> one line on stderr and its exit code."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alft_cli import faults
 from alft_cli.augment import finetune_augment
 from alft_cli.checkpoints import load_safe, rng_state, save_atomic, set_rng_state
 from alft_cli.config import FinetuneConfig
@@ -119,6 +120,7 @@ def train(model: Classifier, cache: CachedImages, ids: np.ndarray, y: np.ndarray
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 \
                     and epoch + 1 < cfg.epochs:
                 save(epoch + 1)
+                faults.point("finetune:checkpointed")
         else:
             epoch = cfg.epochs
     if interrupted:

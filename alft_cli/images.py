@@ -40,6 +40,11 @@ CONVERSIONS = ("gray/palette/CMYK/RGBA->RGB; 16-bit/float->8-bit by per-image 0.
                "percentile stretch")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow warns (UserWarning) about the damage it works around in a file ("Corrupt EXIF data",
+# "Truncated File Read", "Metadata Warning"). The decoded pixels or the skip reason already say
+# what matters; the chatter on stderr reads like a crash. Set once, for Pillow's own modules
+# only: warnings.catch_warnings() is not thread-safe and decoding runs in threads.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class ImageDecodeError(Exception):
@@ -127,7 +132,8 @@ def _stretch(data: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(finite, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
-    scaled = (np.nan_to_num(data, nan=lo) - lo) * (255.0 / (hi - lo))
+    # NaN (no data) -> the low end; +-inf -> the ends of the range, not an overflow warning.
+    scaled = (np.nan_to_num(data, nan=lo, posinf=hi, neginf=lo) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
@@ -170,7 +176,9 @@ def scan_folder(root: Path) -> ScanResult:
     Symlinked directories are not descended (no loops); symlinked files are kept only when
     they resolve inside the archive. Names that differ only in case are kept once (the first
     in sorted order), since they would collide on case-insensitive file systems and in
-    labeling tools.
+    labeling tools. Everything found but not listed is reported in ``skipped`` with the reason
+    (other file types, names that a label file cannot name, FIFOs and devices, links leaving
+    the archive), so that nothing in an archive is left out silently.
     """
     root_resolved = root.resolve()
     keys: list[str] = []
@@ -188,9 +196,16 @@ def scan_folder(root: Path) -> ScanResult:
                 skipped.append((_relative(full, root) + "/", "symlinked folder not followed"))
         for name in sorted(filenames):
             full = Path(dirpath, name)
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
             rel = _relative(full, root)
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                suffix = Path(name).suffix.lower()
+                skipped.append((rel, f"not an image file ({suffix or 'no extension'}; "
+                                     f"alft reads {'/'.join(IMAGE_EXTENSIONS)})"))
+                continue
+            problem = _name_problem(rel)
+            if problem:
+                skipped.append((rel, f"{problem}; rename the file"))
+                continue
             if full.is_symlink():
                 try:
                     target = full.resolve(strict=True)
@@ -200,9 +215,45 @@ def scan_folder(root: Path) -> ScanResult:
                 if not target.is_relative_to(root_resolved):
                     skipped.append((rel, "symlink points outside the archive"))
                     continue
+            else:
+                target = full
+            if not target.is_file():
+                # A FIFO would block the decoder forever; devices and sockets are no images.
+                skipped.append((rel, "not a regular file"))
+                continue
             keys.append(rel)
     keys.sort()
-    return _drop_case_duplicates(keys, skipped)
+    return _drop_case_duplicates(keys, [(_printable(k), reason) for k, reason in skipped])
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a file name could never be written to and read back from a label file, if so."""
+    if not _is_utf8(rel):
+        # The store, the CSV files and labeling tools all need text names.
+        return "file name is not valid UTF-8"
+    if "\\" in rel:
+        return "file name contains '\\', which label files read as a folder separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in rel):
+        return "file name contains control characters (newline, tab, ...)"
+    if rel != rel.strip():
+        return "file name starts with a space, which label files strip"
+    return None
+
+
+def _is_utf8(name: str) -> bool:
+    # os.walk returns undecodable bytes of a file name as lone surrogates (PEP 383).
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """``name`` with undecodable bytes shown as ``\\xff`` (storable, printable)."""
+    if _is_utf8(name):
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _drop_case_duplicates(keys: list[str], skipped: list[tuple[str, str]]) -> ScanResult:

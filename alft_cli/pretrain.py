@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alft_cli import distributed
+from alft_cli import distributed, faults
 from alft_cli.augment import byol_views
 from alft_cli.byol import BYOL, cosine_tau
 from alft_cli.checkpoints import load_safe, rng_state, save_atomic, set_rng_state
@@ -132,6 +132,8 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
             for _, images in iterate_batches(cache, per_rank[first:].reshape(-1), local_batch,
                                              device):
                 step = epoch * batches_per_epoch + batch_index
+                if step == 1:
+                    faults.point("pretrain:step")
                 loss = _step(net, model, normalize, images, generator, optimizer, device,
                              cache.image_size, cosine_tau(step, total_steps, cfg.tau_base))
                 epoch_loss += loss
@@ -153,6 +155,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 \
                     and epoch + 1 < cfg.epochs:
                 save(epoch + 1, 0)
+                faults.point("pretrain:checkpointed")
     seconds = time.perf_counter() - started
     if interrupted:
         save(epoch, batch_index)

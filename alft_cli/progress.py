@@ -79,6 +79,12 @@ class RichReporter(Reporter):
         if self.quiet:
             yield Task(total, description)
             return
+        if not self.console.is_terminal:
+            # Logs of batch jobs: a plain line every LOG_EVERY seconds instead of a live bar.
+            task = _LogTask(self, total, description)
+            yield task
+            task.emit(final=True)
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -116,6 +122,31 @@ class _RichTask(Task):
     def update(self, **kwargs: Any) -> None:
         super().update(**kwargs)
         self._refresh()
+
+
+LOG_EVERY = 30.0
+
+
+class _LogTask(Task):
+    def __init__(self, owner: RichReporter, total: int | None, description: str) -> None:
+        super().__init__(total, description)
+        self._owner = owner
+        self._last = time.perf_counter()
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        super().advance(n, **fields)
+        if time.perf_counter() - self._last >= LOG_EVERY:
+            self.emit()
+
+    def emit(self, final: bool = False) -> None:
+        self._last = time.perf_counter()
+        if final and self.completed == 0:
+            return
+        total = f"/{self.total}" if self.total else ""
+        status = "  ".join(_format_field(k, v) for k, v in self.fields.items())
+        elapsed = time.perf_counter() - self.started
+        self._owner.console.print(f"{self.description}: {self.completed}{total} "
+                                  f"({elapsed:.0f} s) {status}".rstrip(), markup=False)
 
 
 def _format_field(key: str, value: Any) -> str:

@@ -581,15 +581,20 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
                 ThreadPoolExecutor(max_workers=workers) as pool, \
                 rep.task("tagging", total=len(todo)) as task:
             writer = _Writer(handle, fmt, info.classes, info.thresholds, header=new_file)
-            for processed, batch_keys, arrays in _decoded_batches(pool, root, todo,
-                                                                  batch_size, info, skip_log):
-                if batch_keys:
-                    x = np.stack(arrays)
-                    probabilities = session.run([info.output_name], {info.input_name: x})[0]
-                    writer.write(batch_keys, probabilities)
-                    tagged += len(batch_keys)
-                elapsed = time.perf_counter() - started
-                task.advance(processed, img_s=tagged / max(elapsed, 1e-9))
+            try:
+                for processed, batch_keys, arrays in _decoded_batches(
+                        pool, root, todo, batch_size, info, skip_log):
+                    if batch_keys:
+                        x = np.stack(arrays)
+                        probabilities = session.run([info.output_name],
+                                                    {info.input_name: x})[0]
+                        writer.write(batch_keys, probabilities)
+                        tagged += len(batch_keys)
+                    elapsed = time.perf_counter() - started
+                    task.advance(processed, img_s=tagged / max(elapsed, 1e-9))
+            finally:
+                # On Ctrl-C, drop the decodes queued ahead instead of finishing them.
+                pool.shutdown(wait=True, cancel_futures=True)
             handle.flush()
             os.fsync(handle.fileno())
     finally:

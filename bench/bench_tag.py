@@ -18,7 +18,7 @@
    in a fresh subprocess that reports its own peak (``VmHWM``). Streaming should keep the
    ratio near 1.
 
-Usage: python bench/bench_tag.py [--images 500] [--repeats 3] [--skip-rss]
+Usage: python bench/bench_tag.py [--images 500] [--repeats 5] [--threads N] [--skip-rss]
 """
 
 from __future__ import annotations
@@ -78,16 +78,18 @@ def _ort_rate(session, x: np.ndarray, batch: int) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
-def _tag_rates(model_path: Path, root: Path, out: Path, batch: int) -> tuple[float, float, int]:
+def _tag_rates(model_path: Path, root: Path, out: Path, batch: int, threads: int
+               ) -> tuple[float, float, int]:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    result = tag.tag_archive(model_path, root, out, device="cpu", batch_size=batch)
+    result = tag.tag_archive(model_path, root, out, device="cpu", batch_size=batch,
+                             threads=threads)
     wall = time.perf_counter() - start
     return result.images_per_second, result.tagged / wall, result.tagged
 
 
 def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
-               model_only_images: int) -> list[dict]:
+               model_only_images: int, threads: int) -> list[dict]:
     import torch
 
     from alft_cli.images import load_image, scan_folder
@@ -98,7 +100,6 @@ def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
     keys = scan_folder(archive.root).keys
     x = np.stack([load_image(archive.root / k, size).array.transpose(2, 0, 1)
                   for k in keys[:model_only_images]]).astype(np.float32)
-    threads = tag.cpu_count()
     torch.set_num_threads(threads)
     rows = []
     for backbone in ("resnet18", "densenet121"):
@@ -112,7 +113,8 @@ def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
         for _ in range(repeats):
             best["torch"] = max(best["torch"], _torch_rate(model, x, batch))
             best["ort"] = max(best["ort"], _ort_rate(session, x, batch))
-            stream, wall, tagged = _tag_rates(path, archive.root, work / "tags.csv", batch)
+            stream, wall, tagged = _tag_rates(path, archive.root, work / "tags.csv", batch,
+                                              threads)
             assert tagged == len(keys), (tagged, len(keys))
             best["tag"] = max(best["tag"], stream)
             best["tag_wall"] = max(best["tag_wall"], wall)
@@ -186,7 +188,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=tag.cpu_count(),
+                        help="intra-op threads for torch and onnxruntime alike (default: cores)")
     parser.add_argument("--model-only-images", type=int, default=256,
                         help="pre-decoded images for the model-only rates")
     parser.add_argument("--rss-small", type=int, default=2000)
@@ -207,7 +211,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="alft-bench-tag-"))
     try:
         rows = throughput(work, args.images, args.size, args.batch, args.repeats,
-                          args.model_only_images)
+                          args.model_only_images, args.threads)
         mem = [] if args.skip_rss else memory(work, args.size, args.batch, args.rss_small,
                                               args.rss_large)
     finally:

@@ -167,7 +167,9 @@ def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     assert len(info2["rounds"]) == 2
     rows2 = list(csv.DictReader(open(trained / info2["rounds"][-1]["query_file"])))
     assert [row["filename"] for row in rows2] == names
-    tasks = json.loads((trained / "rounds" / "round_001" / "query.label-studio.json").read_text())
+    query_file = trained / info2["rounds"][-1]["query_file"]
+    assert query_file.name == "query-2.csv"  # the replaced query's file is kept intact
+    tasks = json.loads(query_file.with_suffix(".label-studio.json").read_text())
     assert [t["data"]["alft_key"] for t in tasks] == names
     assert (trained / "rounds" / "round_001" / "label-studio-config.xml").exists()
 
