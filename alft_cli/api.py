@@ -654,9 +654,17 @@ class PretrainResult:
 
 
 def pretrain(project_dir: Path | str, *, restart: bool = False,
-             init_weights: Path | str | None = None, **options: Any) -> PretrainResult:
-    """BYOL-pretrain the backbone on every indexed image (val and test included: no labels
-    are used). Options: see :class:`~alft_cli.config.PretrainConfig`."""
+             init_weights: Path | str | None = None, noisy_labels: Path | str | None = None,
+             then: str | None = None, then_epochs: int = 100,
+             **options: Any) -> PretrainResult:
+    """Pretrain the backbone. Options: see :class:`~alft_cli.config.PretrainConfig`.
+
+    ``method='byol'`` (the paper): BYOL on every indexed image, val and test included (no
+    labels are used). ``method='supervised-noisy'``: BCE on ``noisy_labels`` (any classes;
+    rows for val/test images are dropped), head dropped afterwards; ``then='byol'`` follows
+    it with ``then_epochs`` of BYOL started from that backbone. ``init_weights`` starts from a
+    supplied backbone state dict (e.g. ImageNet weights downloaded elsewhere).
+    """
     from alft_cli import distributed
     from alft_cli.config import PretrainConfig, validated
     from alft_cli.data import resolve_device
@@ -664,42 +672,130 @@ def pretrain(project_dir: Path | str, *, restart: bool = False,
     from alft_cli.pretrain import BACKBONE, CHECKPOINT, run_pretrain
 
     cfg = validated(PretrainConfig, **options)
-    if cfg.method != "byol":
-        raise OptionError(f"--method {cfg.method!r}: only 'byol' is available")
+    if cfg.method not in ("byol", "supervised-noisy"):
+        raise OptionError(f"--method {cfg.method!r}: use byol or supervised-noisy")
+    if cfg.method == "supervised-noisy" and noisy_labels is None:
+        raise OptionError("--method supervised-noisy needs --noisy-labels FILE")
+    if cfg.method == "byol" and (noisy_labels is not None or then is not None):
+        raise OptionError("--noisy-labels and --then go with --method supervised-noisy")
+    if then not in (None, "byol"):
+        raise OptionError(f"--then {then!r}: only byol")
     if cfg.backbone not in BACKBONES:
         raise OptionError(f"--backbone {cfg.backbone!r}: unknown; choose from "
                           f"{', '.join(sorted(BACKBONES))}")
     device = resolve_device(cfg.device)
     info = distributed.env_info()
-    context = (_writing(project_dir, "pretrain", cfg.model_dump()) if info.is_main
+    args = {**cfg.model_dump(), "noisy_labels": str(noisy_labels) if noisy_labels else None,
+            "then": then, "init_weights": str(init_weights) if init_weights else None}
+    context = (_writing(project_dir, "pretrain", args) if info.is_main
                else _reading(project_dir))
     with context as project:
         out_dir = project.pretrain_dir
         ckpt = out_dir / CHECKPOINT
-        if ckpt.exists() and not cfg.resume and not restart:
-            raise OptionError(f"{ckpt} exists from an earlier run: --resume continues it, "
+        supervised_file = out_dir / SUPERVISED_BACKBONE
+        started_before = ckpt.exists() or supervised_file.exists()
+        if started_before and not cfg.resume and not restart:
+            raise OptionError(f"{out_dir} holds an earlier run: --resume continues it, "
                               "--restart starts over (and replaces it)")
-        if cfg.resume and not ckpt.exists():
-            raise OptionError(f"--resume: no checkpoint at {ckpt}")
+        if cfg.resume and not started_before:
+            raise OptionError(f"--resume: no checkpoint in {out_dir}")
+        if restart and not cfg.resume:
+            for stale in (ckpt, supervised_file, out_dir / "finetune_checkpoint.pt"):
+                stale.unlink(missing_ok=True)
         init_state = (_load_init_weights(Path(init_weights), cfg.backbone,
                                          project.config.in_channels) if init_weights else None)
+        out_dir.mkdir(exist_ok=True)
+        method, epochs, notes = cfg.method, cfg.epochs, []
+        if cfg.method == "supervised-noisy":
+            stage = _supervised_stage(project, cfg, Path(noisy_labels), init_state, device)
+            if stage is None:  # interrupted
+                return PretrainResult(cfg.backbone, supervised_file, 0, cfg.epochs,
+                                      float("nan"), 0.0, 0.0, True, str(device))
+            init_state, notes, final_loss, seconds = stage
+            if then is None:
+                _record_pretrained(project, cfg, "supervised-noisy", cfg.epochs,
+                                   supervised_file, final_loss, seconds, device, init_weights,
+                                   noisy_labels, notes)
+                return PretrainResult(cfg.backbone, supervised_file, cfg.epochs, cfg.epochs,
+                                      final_loss, seconds, 0.0, False, str(device))
+            method, epochs = "supervised-noisy+byol", then_epochs
+            cfg = cfg.model_copy(update={"epochs": then_epochs,
+                                         "resume": cfg.resume and ckpt.exists()})
         ids = np.concatenate([project.store.sample_ids(s) for s in ("pool", "val", "test")])
         ids.sort()
-        out_dir.mkdir(exist_ok=True)
         outcome = run_pretrain(project.cache_path, ids, out_dir, cfg, project.config.mean,
                                project.config.std, device, init_backbone=init_state)
         if info.is_main and not outcome.interrupted:
-            with project.store.transaction():
-                project.store.set_meta("pretrained", json.dumps({
-                    "backbone": cfg.backbone, "method": "byol", "epochs": cfg.epochs,
-                    "file": project.relative(out_dir / BACKBONE),
-                    "final_loss": outcome.final_loss, "seconds": round(outcome.seconds, 1),
-                    "images": int(len(ids)), "batch_size": cfg.batch_size, "lr": cfg.lr,
-                    "init_weights": str(init_weights) if init_weights else None,
-                    "device": str(device)}))
+            _record_pretrained(project, cfg, method, epochs, out_dir / BACKBONE,
+                               outcome.final_loss, outcome.seconds, device, init_weights,
+                               noisy_labels, notes, images=int(len(ids)))
         return PretrainResult(cfg.backbone, outcome.backbone_file, outcome.epochs_done,
                               cfg.epochs, outcome.final_loss, outcome.seconds,
                               outcome.images_per_second, outcome.interrupted, str(device))
+
+
+SUPERVISED_BACKBONE = "backbone_supervised.pt"
+
+
+def _record_pretrained(project: Project, cfg: Any, method: str, epochs: int, file: Path,
+                       final_loss: float, seconds: float, device: Any,
+                       init_weights: Path | str | None, noisy_labels: Path | str | None,
+                       notes: list[str], images: int | None = None) -> None:
+    with project.store.transaction():
+        project.store.set_meta("pretrained", json.dumps({
+            "backbone": cfg.backbone, "method": method, "epochs": epochs,
+            "file": project.relative(file), "final_loss": final_loss,
+            "seconds": round(seconds, 1), "images": images, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "init_weights": str(init_weights) if init_weights else None,
+            "noisy_labels": str(noisy_labels) if noisy_labels else None, "notes": notes,
+            "device": str(device)}))
+
+
+def _supervised_stage(project: Project, cfg: Any, noisy_file: Path,
+                      init_state: dict | None, device: Any
+                      ) -> tuple[dict, list[str], float, float] | None:
+    """BCE on noisy labels; returns (backbone state, notes, loss, seconds) or None if
+    interrupted. Skipped when an earlier run finished it (``--resume``)."""
+    from alft_cli import finetune as ft
+    from alft_cli.checkpoints import load_safe, save_atomic
+    from alft_cli.config import FinetuneConfig
+    from alft_cli.data import CachedImages
+    from alft_cli.models import load_state_dict_checked
+    from alft_cli.noisy import read_noisy_labels
+
+    out_file = project.pretrain_dir / SUPERVISED_BACKBONE
+    if cfg.resume and out_file.exists():
+        state = load_safe(out_file, "supervised backbone")
+        return state["state_dict"], list(state.get("notes", [])), float(
+            state.get("final_loss", float("nan"))), 0.0
+    store = project.store
+    noisy = read_noisy_labels(noisy_file, store.ids_by_key(), store.split_of())
+    rep = reporter()
+    for note in noisy.notes:
+        rep.info(f"noisy labels: {note}")
+    torch_seed(cfg.seed)
+    model = ft.build_classifier(cfg.backbone, noisy.classes, project.config.in_channels,
+                                project.config.mean, project.config.std)
+    if init_state is not None:
+        load_state_dict_checked(model.backbone, init_state, "--init-weights")
+    ft_cfg = FinetuneConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                            lr_step=max(1, int(0.8 * cfg.epochs)), seed=cfg.seed,
+                            checkpoint_every=cfg.checkpoint_every, resume=cfg.resume,
+                            device=cfg.device)
+    rep.info(f"supervised pretraining of {cfg.backbone} on {len(noisy.ids)} noisy labels "
+             f"({len(noisy.classes)} classes, head dropped afterwards)")
+    outcome = ft.train(model, CachedImages(project.cache_path), noisy.ids, noisy.y, ft_cfg,
+                       project.pretrain_dir, device)
+    if outcome.interrupted:
+        return None
+    state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
+    save_atomic({"kind": "alft-backbone", "format": 1, "backbone": cfg.backbone,
+                 "in_channels": project.config.in_channels, "feature_dim": model.feature_dim,
+                 "method": "supervised-noisy", "epochs": cfg.epochs, "notes": noisy.notes,
+                 "noisy_classes": noisy.classes, "final_loss": outcome.final_loss,
+                 "state_dict": state}, out_file)
+    (project.pretrain_dir / ft.FINETUNE_CHECKPOINT).unlink(missing_ok=True)
+    return state, noisy.notes, outcome.final_loss, outcome.seconds
 
 
 def _load_init_weights(path: Path, backbone: str, in_channels: int) -> dict:

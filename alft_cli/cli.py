@@ -210,25 +210,38 @@ def pretrain(
                        ] = False,
     init_weights: Annotated[Path | None, typer.Option(
         help="Start from a backbone state dict (torchvision or alft file).")] = None,
+    method: Annotated[str, typer.Option(
+        help="byol (paper) | supervised-noisy (BCE on --noisy-labels, head dropped).")
+    ] = "byol",
+    noisy_labels: Annotated[Path | None, typer.Option(
+        help="Weak labels for supervised-noisy (import-labels formats; any classes).")] = None,
+    then: Annotated[str | None, typer.Option(
+        help="After supervised-noisy, continue with: byol.")] = None,
+    then_epochs: Annotated[int, typer.Option(help="BYOL epochs after --then byol.")] = 100,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
-    """BYOL-pretrain the backbone on every image of the archive (no labels used).
+    """Pretrain the backbone: BYOL on every image of the archive (no labels used).
 
     Runs under torchrun for several GPUs:  torchrun --nproc_per_node=4 -m alft_cli pretrain -p proj
 
     Example:  alft pretrain -p proj --backbone resnet18 --epochs 50 --batch-size 64
+              alft pretrain -p proj --method supervised-noisy --noisy-labels lc.csv --epochs 30
+                --lr 0.01 --batch-size 32 --then byol --then-epochs 50
     """
     from alft_cli import api
 
     r = api.pretrain(project, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, hidden_dim=hidden_dim, proj_dim=proj_dim,
                      seed=seed, checkpoint_every=checkpoint_every, resume=resume,
-                     device=device, restart=restart, init_weights=init_weights)
+                     device=device, restart=restart, init_weights=init_weights,
+                     method=method, noisy_labels=noisy_labels, then=then,
+                     then_epochs=then_epochs)
     if r.interrupted:
         out.print(f"stopped after {r.epochs_done}/{r.epochs} epochs; continue with: "
                   f"alft pretrain -p {project} --resume (same options)")
         raise typer.Exit(130)
-    out.print(f"pretrained {r.backbone} for {r.epochs} epochs on {r.device} in "
+    out.print(f"pretrained {r.backbone} ({method}{' + ' + then if then else ''}) for "
+              f"{r.epochs} epochs on {r.device} in "
               f"{r.seconds:.0f} s ({r.images_per_second:.1f} img/s), final loss "
               f"{r.final_loss:.4f}: {r.backbone_file}")
 
@@ -348,6 +361,17 @@ def simulate(
     pretrain_lr: Annotated[float, typer.Option(help="BYOL Adam lr (paper: 1e-3).")] = 1e-3,
     hidden_dim: Annotated[int, typer.Option(help="BYOL head hidden size.")] = 4096,
     proj_dim: Annotated[int, typer.Option(help="BYOL projection size.")] = 256,
+    pretrain_method: Annotated[str, typer.Option(
+        help="byol | supervised-noisy (needs --noisy-labels or --noisy-flip).")] = "byol",
+    noisy_labels: Annotated[Path | None, typer.Option(
+        help="Weak labels for supervised-noisy pretraining.")] = None,
+    noisy_flip: Annotated[float | None, typer.Option(
+        help="Make the weak labels from the gold ones, each bit flipped with this "
+             "probability (seeded).")] = None,
+    then: Annotated[str | None, typer.Option(help="After supervised-noisy: byol.")] = None,
+    then_epochs: Annotated[int, typer.Option(help="BYOL epochs after --then byol.")] = 100,
+    init_weights: Annotated[Path | None, typer.Option(
+        help="Start pretraining from this backbone state dict.")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (paper: 100).")] = 100,
     finetune_batch_size: Annotated[int, typer.Option(help="Fine-tuning batch (paper: 10).")
                                    ] = 10,
@@ -373,9 +397,13 @@ def simulate(
         initial=initial, budget=budget, max_labels=max_labels, val_fraction=val_fraction,
         test_fraction=test_fraction, image_size=image_size, full_supervision=full_supervision,
         candidates=candidates, device=device, max_steps=max_steps,
-        pretrain={"backbone": backbone, "epochs": pretrain_epochs,
-                  "batch_size": pretrain_batch_size, "lr": pretrain_lr,
-                  "hidden_dim": hidden_dim, "proj_dim": proj_dim},
+        pretrain=_pretrain_route(
+            backbone=backbone, epochs=pretrain_epochs, batch_size=pretrain_batch_size,
+            lr=pretrain_lr, hidden_dim=hidden_dim, proj_dim=proj_dim, method=pretrain_method,
+            noisy_labels=str(noisy_labels.resolve()) if noisy_labels else None,
+            noisy_flip=noisy_flip, then=then,
+            then_epochs=then_epochs if then else None,
+            init_weights=str(init_weights.resolve()) if init_weights else None),
         finetune={"epochs": finetune_epochs, "batch_size": finetune_batch_size,
                   "lr": finetune_lr, "lr_step": lr_step, "freeze_backbone": freeze_backbone,
                   "backbone": backbone})
@@ -384,6 +412,13 @@ def simulate(
         out.print(f"report: {r.report}/curves.md (plots and CSVs beside it)")
     if r.finished < len(r.runs):
         out.print("not finished: run the same command again to continue")
+
+
+def _pretrain_route(**options: object) -> dict:
+    # Only what was given (and byol is the default route): the settings file of a
+    # simulation records its route exactly, and older simulations resume unchanged.
+    return {k: v for k, v in options.items()
+            if v is not None and not (k == "method" and v == "byol")}
 
 
 @app.command("report")

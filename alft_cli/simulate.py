@@ -87,16 +87,13 @@ def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int |
         rep.info("simulate: indexing the archive once")
         api.init_pool(settings.archive, base, labels_file=settings.labels, val_fraction=0,
                       test_fraction=0, initial=0, image_size=settings.image_size)
-    if settings.pretrain.get("epochs", 1) > 0 and api.status(base)["pretrained"] is None:
-        from alft_cli.pretrain import CHECKPOINT
-
-        resume = (base / "pretrain" / CHECKPOINT).exists()
-        rep.info("simulate: BYOL pretraining once for every run" + (" (resuming)" if resume
-                                                                     else ""))
-        result = api.pretrain(base, resume=resume, device=settings.device, **settings.pretrain)
-        steps += 1
-        if result.interrupted:
+    pretrained: dict[int, Path | None] = {}
+    for seed in settings.seeds:
+        source, done = _pretrain_for(out, base, settings, seed, gold, classes)
+        steps += int(done is not None)
+        if done is False:  # interrupted
             return SimulationResult(out, [], 0, 0)
+        pretrained[seed] = source
     runs: list[Path] = []
     finished = trained = 0
     for scenario in settings.scenarios:
@@ -108,8 +105,8 @@ def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int |
                 while True:
                     if stop_after is not None and steps >= stop_after:
                         return SimulationResult(out, runs, finished, trained)
-                    action = _advance(run, base, settings, scenario, seed, strategy, gold,
-                                      classes)
+                    action = _advance(run, base, pretrained[seed], settings, scenario, seed,
+                                      strategy, gold, classes)
                     if action == "done":
                         finished += 1
                         break
@@ -119,12 +116,58 @@ def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int |
     return SimulationResult(out, runs, finished, trained)
 
 
-def _advance(run: Path, base: Path, s: SimulationSettings, scenario: int, seed: int,
-             strategy: str, gold: dict[str, np.ndarray], classes: list[str]) -> str:
+def _pretrain_for(out: Path, base: Path, s: SimulationSettings, seed: int,
+                  gold: dict[str, np.ndarray], classes: list[str]
+                  ) -> tuple[Path | None, bool | None]:
+    """The project whose backbone the seed's runs adopt; pretrains it if needed.
+
+    BYOL uses no labels, so one backbone serves every seed. Supervised pretraining on noisy
+    labels must not see labels of the seed's val/test images, so it gets a project per seed
+    with that seed's split (noisy rows of val/test images are dropped there).
+    Returns (source or None for no pretraining, True if it trained now / False if interrupted
+    / None if nothing to do).
+    """
+    pre = dict(s.pretrain)
+    if pre.get("epochs", 1) == 0:
+        return None, None
+    source = base
+    if pre.get("method", "byol") == "supervised-noisy":
+        source = out / f"base-seed{seed}"
+        if not (source / "config.json").exists():
+            api.init_pool(s.archive, source, labels_file=s.labels, val_fraction=s.val_fraction,
+                          test_fraction=s.test_fraction, initial=0, image_size=s.image_size,
+                          seed=seed, index_from=base)
+        flip = pre.pop("noisy_flip", None)
+        if flip is not None:
+            noisy = out / f"noisy-labels-flip{flip:g}.csv"
+            if not noisy.exists():
+                keys = sorted(gold)
+                from alft_cli.noisy import corrupt
+
+                y = corrupt(np.stack([gold[k] for k in keys]), float(flip), seed=0)
+                write_labels_csv(noisy, keys, y, classes, fmt="onehot")
+            pre["noisy_labels"] = str(noisy)
+    else:
+        pre.pop("noisy_flip", None)
+    if api.status(source)["pretrained"] is not None:
+        return source, None
+    from alft_cli.api import SUPERVISED_BACKBONE
+    from alft_cli.pretrain import CHECKPOINT
+
+    resume = any((source / "pretrain" / f).exists() for f in (CHECKPOINT, SUPERVISED_BACKBONE))
+    reporter().info(f"simulate: pretraining ({pre.get('method', 'byol')}) in {source.name}"
+                    + (" (resuming)" if resume else ""))
+    result = api.pretrain(source, resume=resume, device=s.device, **pre)
+    return source, not result.interrupted
+
+
+def _advance(run: Path, base: Path, pretrained: Path | None, s: SimulationSettings,
+             scenario: int, seed: int, strategy: str, gold: dict[str, np.ndarray],
+             classes: list[str]) -> str:
     """Take the next step of one run; returns what it did ('done' when finished)."""
     rep = reporter()
     if not (run / "config.json").exists():
-        _create_run(run, base, s, scenario, seed, strategy, gold, classes)
+        _create_run(run, base, pretrained, s, scenario, seed, strategy, gold, classes)
         return "create"
     info = api.status(run)
     label = f"[s{scenario} {strategy} seed{seed}]"
@@ -149,8 +192,9 @@ def _advance(run: Path, base: Path, s: SimulationSettings, scenario: int, seed: 
     return "query"
 
 
-def _create_run(run: Path, base: Path, s: SimulationSettings, scenario: int, seed: int,
-                strategy: str, gold: dict[str, np.ndarray], classes: list[str]) -> None:
+def _create_run(run: Path, base: Path, pretrained: Path | None, s: SimulationSettings,
+                scenario: int, seed: int, strategy: str, gold: dict[str, np.ndarray],
+                classes: list[str]) -> None:
     """A run project: the seed's split, the scenario's removals, the seed's initial set.
 
     Strategies of one seed share the split, the removals and the initial set, so their curves
@@ -160,8 +204,8 @@ def _create_run(run: Path, base: Path, s: SimulationSettings, scenario: int, see
     api.init_pool(s.archive, run, labels_file=s.labels, val_fraction=s.val_fraction,
                   test_fraction=s.test_fraction, initial=0, image_size=s.image_size,
                   seed=seed, index_from=base)
-    if api.status(base)["pretrained"] is not None:
-        api.adopt_pretrained(run, base)
+    if pretrained is not None:
+        api.adopt_pretrained(run, pretrained)
     removed = scenario_removals(run, scenario, seed, gold, classes)
     if removed:
         api.exclude_samples(run, removed)
