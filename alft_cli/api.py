@@ -1030,15 +1030,17 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         if model is not None:
             h, p = _score(model, cache, unlabeled, dev, batch_size,
                           with_p=model_rec is not None)
-            if strategy in ("coreset", "typiclust") and labeled:
+            if strategy in ("coreset", "typiclust", "hybrid") and labeled:
                 lab_ids, labeled_y = store.labeled_arrays()
                 labeled_h, _ = _score(model, cache, lab_ids, dev, batch_size, with_p=False)
             elif strategy == "class-aware-mge":
                 _, labeled_y = store.labeled_arrays()
         else:
             h = np.zeros((len(unlabeled), 1), np.float32)
+        val = ((model_rec.metrics or {}).get("val") or {}) if model_rec else {}
         ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
-                           labeled_h=labeled_h, labeled_y=labeled_y)
+                           labeled_h=labeled_h, labeled_y=labeled_y,
+                           model_f1=val.get("micro_f1"), n_labeled=len(labeled))
         selection = select(strategy, ctx)
         chosen = unlabeled[selection.indices]
 

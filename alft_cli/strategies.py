@@ -81,6 +81,8 @@ class QueryContext:
             budget when N > budget).
         labeled_h: (L, D) features of the samples labeled so far (core-set, TypiClust).
         labeled_y: (L, C) 0/1 labels of the samples labeled so far (class-aware-mge).
+        model_f1: validation micro-F1 of the model that produced ``p`` (``auto``), if known.
+        n_labeled: how many samples are labeled so far (``hybrid``/``auto`` evidence).
     """
 
     h: np.ndarray
@@ -90,6 +92,8 @@ class QueryContext:
     candidates: int | None = None
     labeled_h: np.ndarray | None = None
     labeled_y: np.ndarray | None = None
+    model_f1: float | None = None
+    n_labeled: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -637,6 +641,68 @@ def _typical_order(
     )
 
 
+# hybrid: uncertainty's share of the batch grows linearly with the labeled-set size and is
+# whole at HYBRID_FULL_AT labels (the paper's budgets end at 220).
+HYBRID_FULL_AT = 200
+# auto: below AUTO_F1_LOW validation micro-F1 the model's uncertainty is not trusted at all
+# (issue 9's CPU regime, F1 ~0.66, lost to random); from AUTO_F1_HIGH on (the paper's regime,
+# F1 ~0.8, where MGE+Clustering won) it picks the whole batch; linear in between.
+AUTO_F1_LOW = 0.70
+AUTO_F1_HIGH = 0.80
+
+
+def _mixed(ctx: QueryContext, weight: float, diversity: Callable[[QueryContext], Selection]
+           ) -> Selection:
+    """``round(weight * k)`` samples by mge-clustering, the rest by ``diversity`` among the
+    samples not yet picked. Uncertainty picks come first in rank order."""
+    k = min(ctx.budget, len(ctx.h))
+    k_u = int(round(min(max(weight, 0.0), 1.0) * k)) if ctx.p is not None else 0
+    picked = np.zeros(0, dtype=np.int64)
+    scores = np.zeros(0)
+    clusters = np.zeros(0, dtype=np.int64)
+    if k_u:
+        cand = None if ctx.candidates is None else max(ctx.candidates, k_u + 1)
+        first = _mge_clustering(replace(ctx, budget=k_u, candidates=cand))
+        picked, scores, clusters = first.indices, first.scores, first.clusters
+    if k - k_u:
+        rest = np.setdiff1d(np.arange(len(ctx.h)), picked)
+        sub = replace(ctx, h=ctx.h[rest], p=None if ctx.p is None else ctx.p[rest],
+                      budget=k - k_u)
+        second = diversity(sub)
+        picked = np.concatenate([picked, rest[second.indices]])
+        scores = np.concatenate([scores, second.scores])
+        clusters = np.concatenate([clusters, np.full(len(second.indices), -1)])
+    return _selection(picked, scores, clusters)
+
+
+def hybrid_weight(n_labeled: int | None) -> float:
+    """Share of the batch chosen by uncertainty in ``hybrid``: 0 with no labels, 1 from
+    :data:`HYBRID_FULL_AT` labels on."""
+    return 0.0 if not n_labeled else min(1.0, n_labeled / HYBRID_FULL_AT)
+
+
+def auto_weight(model_f1: float | None) -> float:
+    """Share of the batch ``auto`` gives to MGE+Clustering, from the model's validation F1.
+
+    Only evidence available at query time is used (never test labels). Without a validated
+    model the weight is 0: the batch is random, which cannot do worse than random.
+    """
+    if model_f1 is None:
+        return 0.0
+    return float(min(1.0, max(0.0, (model_f1 - AUTO_F1_LOW) / (AUTO_F1_HIGH - AUTO_F1_LOW))))
+
+
+def _hybrid(ctx: QueryContext) -> Selection:
+    """Diversity (TypiClust) early, uncertainty (MGE+Clustering) as labels accumulate."""
+    return _mixed(ctx, hybrid_weight(ctx.n_labeled), _typiclust)
+
+
+def _auto(ctx: QueryContext) -> Selection:
+    """Random while the model is weak, MGE+Clustering once its validation F1 says it is good
+    (the regime where the paper measured a gain), a mix in between."""
+    return _mixed(ctx, auto_weight(ctx.model_f1), _random)
+
+
 STRATEGIES: dict[str, Callable[[QueryContext], Selection]] = {
     "mge-clustering": _mge_clustering,
     "mge": _mge,
@@ -647,6 +713,8 @@ STRATEGIES: dict[str, Callable[[QueryContext], Selection]] = {
     "kmeans": _kmeans_strategy,
     "typiclust": _typiclust,
     "class-aware-mge": _class_aware_mge,
+    "hybrid": _hybrid,
+    "auto": _auto,
 }
 """Query strategies by name. Call them through :func:`select`, which validates the input."""
 

@@ -456,3 +456,58 @@ def test_model_strategies_without_predictions_say_to_finetune(name):
 def test_malformed_inputs_are_option_errors(h, p, extra):
     with pytest.raises(OptionError):
         select("mge-clustering", QueryContext(h=h, p=p, budget=2, **extra))
+
+
+# --------------------------------------------------------------------------- hybrid / auto
+
+
+def _toy(n: int = 80, d: int = 6, c: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, d)).astype(np.float32),
+            rng.uniform(size=(n, c)).astype(np.float32))
+
+
+def test_auto_weight_follows_validation_f1():
+    from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW, auto_weight
+
+    assert auto_weight(None) == 0.0
+    assert auto_weight(AUTO_F1_LOW - 0.1) == 0.0
+    assert auto_weight(AUTO_F1_HIGH + 0.1) == 1.0
+    mid = auto_weight((AUTO_F1_LOW + AUTO_F1_HIGH) / 2)
+    assert mid == pytest.approx(0.5)
+
+
+def test_auto_is_random_for_a_weak_model_and_mge_clustering_for_a_good_one():
+    h, p = _toy()
+    weak = select("auto", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.5))
+    rand = select("random", QueryContext(h=h, p=p, budget=10, seed=4))
+    assert sorted(weak.indices.tolist()) == sorted(rand.indices.tolist())
+    good = select("auto", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.95))
+    mge = select("mge-clustering", QueryContext(h=h, p=p, budget=10, seed=4))
+    assert good.indices.tolist() == mge.indices.tolist()
+    # No model at all (cold start): random too, and p is not needed.
+    cold = select("auto", QueryContext(h=h, p=None, budget=10, seed=4))
+    assert sorted(cold.indices.tolist()) == sorted(rand.indices.tolist())
+
+
+def test_auto_mix_in_between_takes_both_kinds():
+    from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW
+
+    h, p = _toy()
+    f1 = AUTO_F1_LOW + 0.3 * (AUTO_F1_HIGH - AUTO_F1_LOW)
+    sel = select("auto", QueryContext(h=h, p=p, budget=10, seed=1, model_f1=f1))
+    assert len(set(sel.indices.tolist())) == 10
+    assert (sel.clusters >= 0).sum() == 3  # 30% by MGE+Clustering (clustered)
+    assert (sel.clusters == -1).sum() == 7  # the rest random
+
+
+def test_hybrid_moves_from_typicality_to_uncertainty():
+    h, p = _toy()
+    start = select("hybrid", QueryContext(h=h, p=p, budget=8, seed=2, n_labeled=0))
+    typi = select("typiclust", QueryContext(h=h, p=p, budget=8, seed=2))
+    assert start.indices.tolist() == typi.indices.tolist()
+    late = select("hybrid", QueryContext(h=h, p=p, budget=8, seed=2, n_labeled=400))
+    mge = select("mge-clustering", QueryContext(h=h, p=p, budget=8, seed=2))
+    assert late.indices.tolist() == mge.indices.tolist()
+    half = select("hybrid", QueryContext(h=h, p=p, budget=8, seed=2, n_labeled=100))
+    assert (half.clusters >= 0).sum() == 4 and len(set(half.indices.tolist())) == 8
