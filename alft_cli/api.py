@@ -27,7 +27,7 @@ import numpy as np
 
 from alft_cli import __version__, faults
 from alft_cli.atomic import atomic_open
-from alft_cli.config import ProjectConfig, parse_class_list
+from alft_cli.config import ProjectConfig, check_class_names, parse_class_list
 from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
 from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder
 from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
@@ -202,7 +202,7 @@ def _resolve_classes(classes: Sequence[str] | str | None,
     resolved = list(classes or from_file or [])
     if not resolved:
         raise OptionError("give the classes: --classes a,b,c or --labels FILE")
-    return resolved
+    return check_class_names(resolved, "--classes" if classes else str(labels_file))
 
 
 def _scan_archive(archive: Path) -> tuple[Path, ScanResult, Path | None]:
@@ -850,6 +850,12 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
     from alft_cli.data import CachedImages, resolve_device
 
     cfg = validated(FinetuneConfig, **options)
+    if cfg.backbone is not None:
+        from alft_cli.models import BACKBONES
+
+        if cfg.backbone not in BACKBONES:
+            raise OptionError(f"--backbone {cfg.backbone!r}: unknown; choose from "
+                              f"{', '.join(sorted(BACKBONES))}")
     device = resolve_device(cfg.device)
     rep = reporter()
     with _writing(project_dir, "finetune", cfg.model_dump()) as project:
@@ -1396,3 +1402,32 @@ def _check_rounds(project: Project, labels: dict[int, str], problems: list[str],
             problems.append(f"{keys.get(sid, sid)}: query says labeled but no label is stored")
         if state == "pending" and sid in labels:
             problems.append(f"{keys.get(sid, sid)}: labeled but its query is still pending")
+
+
+# --------------------------------------------------------------------------------------------
+# export and tag
+# --------------------------------------------------------------------------------------------
+def export(project_dir: Path | str, *, round_: int | None = None, out: Path | str | None = None,
+           calibrate_thresholds: bool = False, device: str = "cpu") -> Any:
+    """Export a round's classifier to one self-contained ONNX file (sigmoid outputs, metadata
+    for consumers), checked with onnx.checker and an onnxruntime-vs-torch parity check.
+
+    Read-only for the project: the ONNX file is written atomically under ``exports/`` (or
+    ``out``), so no lock is needed and a kill leaves no partial file.
+    """
+    from alft_cli.export import export_project
+
+    with _reading(project_dir) as project:
+        return export_project(project, round_=round_, out=Path(out) if out else None,
+                              calibrate_thresholds=calibrate_thresholds, device=device)
+
+
+def tag(model: Path | str, archive: Path | str, *, out: Path | str, fmt: str = "csv",
+        device: str = "auto", shard: str | None = None, resume: bool = False,
+        batch_size: int = 32, workers: int | None = None, threads: int | None = None) -> Any:
+    """Tag every image of an archive with an exported model (no project needed)."""
+    from alft_cli.tag import tag_archive
+
+    return tag_archive(Path(model), Path(archive), Path(out), fmt=fmt, device=device,
+                       shard=shard, resume=resume, batch_size=batch_size, workers=workers,
+                       threads=threads)

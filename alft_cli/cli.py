@@ -335,6 +335,68 @@ def query(
               f"alft import-labels FILE -p {project}")
 
 
+@app.command("export")
+def export(
+    project: ProjectOpt,
+    round_: Annotated[int | None, typer.Option("--round", help="Round whose model to export "
+                                               "(default: the latest trained).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="ONNX file to write "
+                                                  "(default: exports/alft_roundNNN.onnx).")
+                        ] = None,
+    calibrate_thresholds: Annotated[bool, typer.Option(
+        help="Per-class thresholds maximizing F1 on val (default 0.5, as in the paper).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="Device for the torch side of the parity "
+                                        "check.")] = "cpu",
+) -> None:
+    """Export the classifier to one self-contained ONNX file with everything a consumer needs.
+
+    Example:  alft export -p proj --calibrate-thresholds
+    """
+    from alft_cli import api
+
+    r = api.export(project, round_=round_, out=out_file,
+                   calibrate_thresholds=calibrate_thresholds, device=device)
+    out.print(f"exported round {r.round}: {r.path} (onnx.checker passed; parity "
+              f"onnxruntime vs torch max |diff| {r.parity_max_abs_diff:.2e} on "
+              f"{r.parity_images} images, limit 1e-4)")
+    out.print(f"next: alft tag {r.path} /path/to/archive --out tags.csv")
+
+
+@app.command("tag")
+def tag(
+    model: Annotated[Path, typer.Argument(help="ONNX model written by alft export.")],
+    archive: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest "
+                                            "CSV.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Output CSV or JSONL.")],
+    format: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available) | cpu | cuda")
+                      ] = "auto",
+    shard: Annotated[str | None, typer.Option(
+        help="Process only shard i of n (i/n, 0-based), e.g. 3/8 in an array job.")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip files already in the output.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime CPU threads.")] = None,
+) -> None:
+    """Tag a whole archive with an exported model (streams; memory stays flat).
+
+    Needs no project: classes, thresholds and preprocessing come from the model's metadata.
+
+    Example:  alft tag exports/alft_round009.onnx /data/archive --out tags.csv --shard 0/4
+    """
+    # api is imported lazily and tag.py avoids torch, so tagging stays lean in memory.
+    from alft_cli import api
+
+    r = api.tag(model, archive, out=out_file, fmt=format, device=device, shard=shard,
+                resume=resume, batch_size=batch_size, workers=workers, threads=threads)
+    out.print(f"tagged {r.tagged} images with {r.provider} in {r.seconds:.1f} s "
+              f"({r.images_per_second:.1f} img/s) -> {r.out}"
+              + (f"; {r.already_done} already done" if r.already_done else ""))
+    if r.skipped:
+        out.print(f"{r.skipped} unreadable files skipped; list: {r.skipped_file}")
+
+
 @app.command("simulate")
 def simulate(
     archive: Annotated[Path, typer.Argument(help="Folder of images (or manifest CSV).")],
@@ -477,7 +539,7 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point: AlftError -> one line on stderr and its exit code."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except AlftError as exc:
         err.print(f"error: {exc.message}", style="red", markup=False)
         for line in exc.details:
@@ -489,12 +551,12 @@ def main(args: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        err.print("aborted", style="yellow")
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - last resort: a bug, not bad input
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # The command-line parser turns Ctrl-C into Abort.
+        err.print("interrupted", style="yellow")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - usage errors, then last resort (a bug)
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            # A usage error of the (bundled) click parser: its own short message, exit 2.
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("ALFT_DEBUG"):
@@ -503,3 +565,5 @@ def main(args: list[str] | None = None) -> None:
                   "(this is a bug; rerun with ALFT_DEBUG=1 for the traceback)",
                   style="red", markup=False)
         sys.exit(70)
+    # Without standalone mode the parser returns a command's typer.Exit code instead of exiting.
+    sys.exit(code if isinstance(code, int) else 0)

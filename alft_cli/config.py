@@ -79,13 +79,24 @@ class ProjectConfig(BaseModel):
 
 def parse_class_list(text: str) -> list[str]:
     """Parse ``--classes a,b,c`` into a clean list; refuses empties and duplicates."""
-    names = [part.strip() for part in text.split(",")]
-    if any(not n for n in names):
-        raise OptionError(f"--classes {text!r}: empty class name")
+    return check_class_names([part.strip() for part in text.split(",")], "--classes")
+
+
+def check_class_names(names: list[str], where: str) -> list[str]:
+    """Class names must survive every label format: not empty, no ';' (the list separator),
+    no ',' (the CSV delimiter), no spaces around them, unique case-insensitively."""
+    for name in names:
+        if not name.strip():
+            raise OptionError(f"{where}: empty class name")
+        if ";" in name or "," in name:
+            raise OptionError(f"{where}: class name {name!r} contains ';' or ',', which label "
+                              "files use as separators")
+        if name != name.strip():
+            raise OptionError(f"{where}: class name {name!r} has spaces around it")
     lowered = [n.lower() for n in names]
     dupes = sorted({n for n in lowered if lowered.count(n) > 1})
     if dupes:
-        raise OptionError(f"--classes: duplicate class names {', '.join(dupes)}")
+        raise OptionError(f"{where}: duplicate class names {', '.join(dupes)}")
     return names
 
 

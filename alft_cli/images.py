@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,19 +69,17 @@ def load_image(path: Path | str, size: int, channels: int = 3) -> Decoded:
         ImageDecodeError: unreadable, corrupt, not an image, too small or too large.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageDecodeError(f"too large ({width}x{height}); tile it first")
-                if min(width, height) < MIN_SIDE:
-                    raise ImageDecodeError(f"too small ({width}x{height} < {MIN_SIDE} px)")
-                if img.format == "JPEG":
-                    # Let libjpeg decode at a reduced scale when the image is much larger.
-                    img.draft("RGB", (size, size))
-                img.load()
-                array, note = _to_uint8_bands(img, channels)
+        with _open_refusing_bombs(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(f"too large ({width}x{height}); tile it first")
+            if min(width, height) < MIN_SIDE:
+                raise ImageDecodeError(f"too small ({width}x{height} < {MIN_SIDE} px)")
+            if img.format == "JPEG":
+                # Let libjpeg decode at a reduced scale when the image is much larger.
+                img.draft("RGB", (size, size))
+            img.load()
+            array, note = _to_uint8_bands(img, channels)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -92,6 +91,23 @@ def load_image(path: Path | str, size: int, channels: int = 3) -> Decoded:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image ({_short(exc)})") from exc
     return Decoded(_resize(array, size), width, height, note)
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_refusing_bombs(path: Path | str) -> Image.Image:
+    """``Image.open`` with Pillow's decompression-bomb warning (size above
+    ``Image.MAX_IMAGE_PIXELS``) raised as an error instead of printed.
+
+    Warning filters are process-wide and ``catch_warnings`` restores them on exit, so two
+    threads doing this at once could switch the filter off under each other (the image would
+    then be decoded after all). Opening reads only the header, so doing it one thread at a
+    time costs nothing; decoding (``load``) stays parallel.
+    """
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def _to_uint8_bands(img: Image.Image, channels: int) -> tuple[np.ndarray, str | None]:

@@ -10,7 +10,7 @@ mkdir -p "$out"
 proj="$out/project"
 gold="$out/archive/labels.csv"
 # Stand-in for the people who label: answers each query from the gold labels.
-labeler="python3 $here/label_from_gold.py"
+labeler="python3 $here/label_from_gold.py $gold"
 # Small, CPU-friendly settings (the paper's defaults are DenseNet121, 256 px, 1000 epochs).
 finetune=(--epochs 12 --lr-step 9 --batch-size 10)
 
@@ -32,18 +32,30 @@ alft finetune -p "$proj" "${finetune[@]}"
 echo "== 5. active-learning rounds: query (MGE+Clustering) -> label -> import -> fine-tune"
 bash "$here/al_rounds.sh" "$proj" 3 20 "$labeler" "${finetune[@]}"
 
-echo "== 6. where things stand"
+echo "== 6. where things stand (rounds, labels, val/test F1), and a consistency check"
 alft status -p "$proj"
+alft doctor -p "$proj"
+
+echo "== 7. export the last round's classifier to ONNX (parity-checked against torch)"
+alft export -p "$proj" --out "$out/model.onnx"
+
+echo "== 8. tag the whole archive with onnxruntime (no project needed; CUDA when present)"
+alft tag "$out/model.onnx" "$out/archive/images" --out "$out/tags.csv"
+head -n 4 "$out/tags.csv"
 
 cat <<EOT
 
 Demo finished. Outputs:
   project folder      $proj   (alft.db, config.json, rounds/round_NNN/{query.csv,model.pt,metrics.json})
   labels per round    alft status -p $proj --json
+  ONNX model          $out/model.onnx   (classes, thresholds, preprocessing in its metadata)
+  archive tags        $out/tags.csv
 On your own archive:
   alft init-pool /path/to/images -p myproj --labels gold.csv   # or --classes a,b,c
   alft pretrain -p myproj --backbone densenet121               # paper setting; use a GPU
   # label myproj/rounds/round_000/query.csv, then:
   alft import-labels answers.csv -p myproj && alft finetune -p myproj
   alft query -p myproj --budget 20                             # and repeat
+  alft export -p myproj && alft tag myproj/exports/alft_round*.onnx /path/to/archive --out tags.csv
+Will AL pay off on your data? With gold labels for part of it:  alft simulate --help
 EOT

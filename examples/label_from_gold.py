@@ -5,14 +5,17 @@ Reads the `filename` column of QUERY (what `alft query` wrote) and writes OUT, a
 with the gold labels of exactly those files - the same file a labeling team would hand back.
 Only the stdlib is used, so this runs anywhere a shell script does.
 
-Usage: label_from_gold.py QUERY.csv GOLD.csv OUT.csv
+Usage: label_from_gold.py GOLD.csv QUERY.csv OUT.csv
+
+GOLD comes first so that `label_from_gold.py GOLD.csv` is a labeling command taking
+(QUERY, OUT), as examples/al_rounds.sh expects.
 """
 
 import csv
 import sys
 
 
-def main(query_path: str, gold_path: str, out_path: str) -> int:
+def main(gold_path: str, query_path: str, out_path: str) -> int:
     with open(gold_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader)
