@@ -1031,6 +1031,9 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
                               "finetune first (or use --strategy random, kmeans or typiclust)")
         dev = resolve_device(device)
         cache = CachedImages(project.cache_path)
+        if strategy != "random":
+            # scikit-learn takes ~1 s to import; do it while the pool is being scored.
+            _import_in_background("sklearn.cluster")
         model = _scoring_model(project, model_rec) if strategy != "random" else None
         h = p = labeled_h = labeled_y = None
         if model is not None:
@@ -1101,6 +1104,13 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         return QueryResult(new_round, strategy, query_path, len(chosen), budget,
                            len(unlabeled), model_rec.round if model_rec else None, ls_files,
                            cancelled, notes)
+
+
+def _import_in_background(module: str) -> None:
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
 def _fresh_path(path: Path) -> Path:
@@ -1210,6 +1220,7 @@ class SimulateResult:
     runs: list[Path]
     finished: int
     report: Path | None
+    complete: bool = False
 
 
 def _int_list(text: str | Sequence[int], name: str, count_ok: bool = False) -> list[int]:
@@ -1233,6 +1244,7 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
              val_fraction: float = 0.25, test_fraction: float = 0.25, image_size: int = 256,
              full_supervision: bool = False, candidates: int | None = None,
              device: str = "auto", max_steps: int | None = None,
+             max_minutes: float | None = None,
              pretrain: dict[str, Any] | None = None, finetune: dict[str, Any] | None = None,
              write_report: bool = True) -> SimulateResult:
     """Run (or continue) an oracle simulation; see :mod:`alft_cli.simulate`."""
@@ -1253,14 +1265,14 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
         max_labels=max_labels, val_fraction=val_fraction, test_fraction=test_fraction,
         image_size=image_size, full_supervision=full_supervision, candidates=candidates,
         pretrain=pre, finetune=fin, device=device)
-    result = run_simulation(Path(out), settings, stop_after=max_steps)
+    result = run_simulation(Path(out), settings, stop_after=max_steps, max_minutes=max_minutes)
     report_dir = None
     if write_report and result.rounds_trained + result.finished > 0:
         try:
             report_dir = report(out).out
         except OptionError:
             report_dir = None
-    return SimulateResult(Path(out), result.runs, result.finished, report_dir)
+    return SimulateResult(Path(out), result.runs, result.finished, report_dir, result.complete)
 
 
 def report(source: Path | str, *, out: Path | str | None = None, split: str = "test") -> Any:

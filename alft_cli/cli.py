@@ -447,6 +447,9 @@ def simulate(
         help="Also fine-tune on the whole pool (upper bound).")] = False,
     max_steps: Annotated[int | None, typer.Option(
         help="Stop after this many steps (time-sliced sessions); rerun to continue.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Checkpoint and stop after this many minutes; rerun to continue. Exit code 75 "
+             "means 'not finished yet'.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Compare AL strategies with an oracle (gold labels answer every query); resumable.
@@ -459,7 +462,7 @@ def simulate(
         archive, labels, out_dir, strategies=strategies, seeds=seeds, scenarios=scenario,
         initial=initial, budget=budget, max_labels=max_labels, val_fraction=val_fraction,
         test_fraction=test_fraction, image_size=image_size, full_supervision=full_supervision,
-        candidates=candidates, device=device, max_steps=max_steps,
+        candidates=candidates, device=device, max_steps=max_steps, max_minutes=max_minutes,
         pretrain=_pretrain_route(
             backbone=backbone, epochs=pretrain_epochs, batch_size=pretrain_batch_size,
             lr=pretrain_lr, hidden_dim=hidden_dim, proj_dim=proj_dim, method=pretrain_method,
@@ -473,8 +476,9 @@ def simulate(
     out.print(f"simulation {r.out}: {r.finished}/{len(r.runs)} runs finished")
     if r.report is not None:
         out.print(f"report: {r.report}/curves.md (plots and CSVs beside it)")
-    if r.finished < len(r.runs):
+    if not r.complete:
         out.print("not finished: run the same command again to continue")
+        raise typer.Exit(75)  # EX_TEMPFAIL: scripts loop on it
 
 
 def _pretrain_route(**options: object) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,31 @@ class SimulationResult:
     finished: int
     rounds_trained: int
 
+    @property
+    def complete(self) -> bool:
+        return bool(self.runs) and self.finished == self.expected
 
-def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int | None = None
-                   ) -> SimulationResult:
-    """Run (or continue) a simulation; ``stop_after`` bounds the number of steps taken in
-    this call (for time-sliced GPU sessions: a later call continues)."""
+    expected: int = 0
+
+
+def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int | None = None,
+                   max_minutes: float | None = None) -> SimulationResult:
+    """Run (or continue) a simulation; ``stop_after`` bounds the number of steps and
+    ``max_minutes`` the wall time of this call (training checkpoints and stops at the
+    deadline), for time-sliced GPU sessions: a later call continues."""
+    import time
+
+    from alft_cli.training import deadline_passed, set_deadline
+
+    set_deadline(time.monotonic() + 60 * max_minutes if max_minutes else None)
+    try:
+        return _run_simulation(out, settings, stop_after, deadline_passed)
+    finally:
+        set_deadline(None)
+
+
+def _run_simulation(out: Path, settings: SimulationSettings, stop_after: int | None,
+                    deadline_passed: Callable[[], bool]) -> SimulationResult:
     out = Path(out)
     _check_settings(settings)
     _save_or_check_settings(out, settings)
@@ -87,33 +108,41 @@ def run_simulation(out: Path, settings: SimulationSettings, *, stop_after: int |
         rep.info("simulate: indexing the archive once")
         api.init_pool(settings.archive, base, labels_file=settings.labels, val_fraction=0,
                       test_fraction=0, initial=0, image_size=settings.image_size)
+    names = list(settings.strategies) + (["full"] if settings.full_supervision else [])
+    plan = [(scenario, seed, strategy,
+             out / "runs" / f"s{scenario}" / strategy / f"seed{seed}")
+            for scenario in settings.scenarios for seed in settings.seeds for strategy in names]
+    runs = [run for *_, run in plan]
+    finished = trained = 0
+
+    def result() -> SimulationResult:
+        return SimulationResult(out, runs, finished, trained, expected=len(plan))
+
     pretrained: dict[int, Path | None] = {}
     for seed in settings.seeds:
+        if deadline_passed():
+            return result()
         source, done = _pretrain_for(out, base, settings, seed, gold, classes)
         steps += int(done is not None)
-        if done is False:  # interrupted
-            return SimulationResult(out, [], 0, 0)
+        if done is False:  # interrupted (Ctrl-C, SIGTERM or the deadline): checkpoint saved
+            return result()
         pretrained[seed] = source
-    runs: list[Path] = []
-    finished = trained = 0
-    for scenario in settings.scenarios:
-        for seed in settings.seeds:
-            names = list(settings.strategies) + (["full"] if settings.full_supervision else [])
-            for strategy in names:
-                run = out / "runs" / f"s{scenario}" / strategy / f"seed{seed}"
-                runs.append(run)
-                while True:
-                    if stop_after is not None and steps >= stop_after:
-                        return SimulationResult(out, runs, finished, trained)
-                    action = _advance(run, base, pretrained[seed], settings, scenario, seed,
-                                      strategy, gold, classes)
-                    if action == "done":
-                        finished += 1
-                        break
-                    steps += 1
-                    if action == "finetune":
-                        trained += 1
-    return SimulationResult(out, runs, finished, trained)
+    for scenario, seed, strategy, run in plan:
+        while True:
+            action = _advance(run, base, pretrained[seed], settings, scenario, seed, strategy,
+                              gold, classes, dry=True)
+            if action == "done":
+                finished += 1
+                break
+            if (stop_after is not None and steps >= stop_after) or deadline_passed():
+                return result()
+            action = _advance(run, base, pretrained[seed], settings, scenario, seed, strategy,
+                              gold, classes)
+            if action == "interrupted":
+                return result()
+            steps += 1
+            trained += action == "finetune"
+    return result()
 
 
 def _pretrain_for(out: Path, base: Path, s: SimulationSettings, seed: int,
@@ -163,29 +192,38 @@ def _pretrain_for(out: Path, base: Path, s: SimulationSettings, seed: int,
 
 def _advance(run: Path, base: Path, pretrained: Path | None, s: SimulationSettings,
              scenario: int, seed: int, strategy: str, gold: dict[str, np.ndarray],
-             classes: list[str]) -> str:
-    """Take the next step of one run; returns what it did ('done' when finished)."""
+             classes: list[str], dry: bool = False) -> str:
+    """Take the next step of one run; returns what it did ('done' when finished). With
+    ``dry``, only says what it would do."""
     rep = reporter()
     if not (run / "config.json").exists():
+        if dry:
+            return "create"
         _create_run(run, base, pretrained, s, scenario, seed, strategy, gold, classes)
         return "create"
     info = api.status(run)
     label = f"[s{scenario} {strategy} seed{seed}]"
     if info["pending"]:
+        if dry:
+            return "import"
         answers = run / "rounds" / f"round_{info['rounds'][-1]['round']:03d}" / "oracle.csv"
         _answer(info["pending"], gold, classes, answers)
         api.import_labels(run, answers)
         return "import"
     last = info["rounds"][-1] if info["rounds"] else None
     if last is not None and last["model"] is None and info["labeled"]:
+        if dry:
+            return "finetune"
         rep.info(f"{label} round {last['round']}: fine-tuning on {info['labeled']} labels")
         ft_checkpoint = run / "rounds" / f"round_{last['round']:03d}" / "finetune_checkpoint.pt"
-        api.finetune(run, device=s.device, resume=ft_checkpoint.exists(),
-                     seed=seed, **s.finetune)
-        return "finetune"
+        result = api.finetune(run, device=s.device, resume=ft_checkpoint.exists(),
+                              seed=seed, **s.finetune)
+        return "interrupted" if result.interrupted else "finetune"
     pool_left = info["splits"]["pool"] - info["labeled"]
     if strategy == "full" or info["labeled"] >= s.max_labels or pool_left == 0:
         return "done"
+    if dry:
+        return "query"
     budget = min(s.budget, s.max_labels - info["labeled"])
     api.query(run, budget=budget, strategy=strategy, seed=seed + 1000 * len(info["rounds"]),
               candidates=s.candidates, device=s.device)

@@ -23,6 +23,22 @@ def to_device_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
+_deadline: float | None = None
+
+
+def set_deadline(monotonic_time: float | None) -> None:
+    """Ask every training loop to checkpoint and stop once ``time.monotonic()`` passes this
+    (time-boxed sessions, e.g. ``simulate --max-minutes``); ``None`` clears it."""
+    global _deadline
+    _deadline = monotonic_time
+
+
+def deadline_passed() -> bool:
+    import time
+
+    return _deadline is not None and time.monotonic() >= _deadline
+
+
 class GracefulStop:
     """Turn the first Ctrl-C / SIGTERM into a request to stop after the current step.
 
@@ -54,8 +70,9 @@ class GracefulStop:
             signal.signal(sig, handler)
 
     def should_stop(self, device: torch.device) -> bool:
+        requested = self.requested or deadline_passed()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+            flag = torch.tensor([1.0 if requested else 0.0], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             return bool(flag.item())
-        return self.requested
+        return requested

@@ -154,3 +154,24 @@ def test_report_files_agree_with_stored_metrics(sim):
     # Resuming a finished simulation does nothing new and keeps the settings.
     settings = json.loads((sim / "simulation.json").read_text())
     assert settings["max_labels"] == 14
+
+
+def test_time_boxed_simulation_stops_with_exit_75_and_continues(tiny_archive, tmp_path, cli):
+    out = tmp_path / "boxed"
+    args = ["simulate", tiny_archive.root, "--labels", tiny_archive.labels_csv, "-o", out,
+            "--seeds", "1", "--initial", "6", "--budget", "4", "--max-labels", "10",
+            "--image-size", "32", "--backbone", "resnet18", "--pretrain-epochs", "1",
+            "--pretrain-batch-size", "16", "--hidden-dim", "32", "--proj-dim", "16",
+            "--finetune-epochs", "1", "--lr-step", "0", "--strategies", "random",
+            "--device", "cpu"]
+    r = cli(*args, "--max-minutes", "0.0001")
+    assert r.code == 75 and "not finished" in r.stdout, r.stderr
+    r = cli(*args, "--max-steps", "2")
+    assert r.code == 75
+    r = cli(*args)
+    assert r.code == 0, r.stderr
+    info = api.status(out / "runs" / "s1" / "random" / "seed0")
+    assert [x["labeled"] for x in info["rounds"]] == [6, 10]
+    # Different settings in the same folder are refused instead of mixing results.
+    r = cli(*[a if a != "10" else "14" for a in args])
+    assert r.code == 1 and "other settings" in r.stderr
