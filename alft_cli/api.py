@@ -1405,6 +1405,14 @@ def _check_rounds(project: Project, labels: dict[int, str], problems: list[str],
             if sorted(listed) != sorted(queried):
                 problems.append(f"round {r.round}: query file {r.query_file} lists other images "
                                 "than the store's query")
+    recorded = {project.resolve(r.query_file).resolve() for r in rounds if r.query_file}
+    for path in sorted(project.root.glob("rounds/round_*/query*.csv")):
+        if path.resolve() not in recorded and not path.name.endswith(".answers.csv"):
+            notes.append(f"{project.relative(path)} is not the recorded query of its round "
+                         "(replaced by --force, or left by an interrupted query); harmless")
+    for path in sorted(project.root.rglob(".*.tmp")):
+        notes.append(f"{project.relative(path)}: temp file of an interrupted write; harmless "
+                     "(delete it at will)")
     rows = store.conn.execute("SELECT round, sample_id, state FROM queries").fetchall()
     checked["queries"] = len(rows)
     for round_, sid, state in rows:

@@ -117,6 +117,9 @@ def _to_uint8_bands(img: Image.Image, channels: int) -> tuple[np.ndarray, str | 
         data = np.asarray(img, dtype=np.float64)
         array = _stretch(data)[..., None]
         note = f"{mode}->8-bit stretch"
+    elif mode == "RGBA" and channels == 4:
+        # A 4-band project (e.g. RGB + near-infrared stored as RGBA): keep every band.
+        array = np.asarray(img)
     elif mode in ("1", "L", "LA", "P", "PA", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
         target = "L" if mode in ("1", "L", "LA") and channels == 1 else "RGB"
         array = np.asarray(img.convert(target))

@@ -323,3 +323,37 @@ def test_query_options_are_checked_before_anything(project):
         api.query(project, budget=0)
     with pytest.raises(OptionError, match="unknown"):
         api.query(project, budget=5, strategy="magic")
+
+
+def test_four_band_project_keeps_every_band_through_training(tmp_path):
+    """--in-channels 4 (e.g. RGB + NIR as RGBA): the cache keeps the 4th band and the
+    backbone's first conv takes 4 inputs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "bands"
+    archive.mkdir()
+    rows = []
+    for i in range(12):
+        array = rng.integers(0, 255, (20, 20, 4), dtype=np.uint8)
+        array[..., 3] = 10 * i  # the 4th band carries signal
+        Image.fromarray(array, "RGBA").save(archive / f"t{i:02d}.png")
+        rows.append(f"t{i:02d}.png,{i % 2},{(i // 2) % 2}")
+    (tmp_path / "gold.csv").write_text("filename,wet,dry\n" + "\n".join(rows) + "\n")
+    root = tmp_path / "p"
+    api.init_pool(archive, root, labels_file=tmp_path / "gold.csv", in_channels=4,
+                  image_size=16, initial=6, val_fraction=0.25, test_fraction=0)
+    p = open_project(root)
+    cache = np.load(p.cache_path)
+    ids = p.store.ids_by_key()
+    p.close()
+    assert cache.shape[1] == 4
+    assert int(cache[ids["t05.png"], 3].mean()) == 50
+    pending = api.status(root)["pending"]
+    answers = tmp_path / "a.csv"
+    answers.write_text("filename,wet,dry\n" + "\n".join(
+        r for r in rows if r.split(",")[0] in pending) + "\n")
+    api.import_labels(root, answers)
+    r = api.finetune(root, epochs=1, batch_size=3, init="scratch", backbone="resnet18",
+                     device="cpu")
+    assert r.model_file.exists() and "val" in r.metrics
