@@ -992,6 +992,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
     strategy (a pure function of them, see :mod:`alft_cli.strategies`) picks the images.
     """
     from alft_cli.data import CachedImages, resolve_device
+    from alft_cli.embed import infer_top
     from alft_cli.labels import label_studio_config, write_label_studio_tasks
     from alft_cli.strategies import NEEDS_MODEL, STRATEGIES, QueryContext, select
 
@@ -1036,7 +1037,17 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
             _import_in_background("sklearn.cluster")
         model = _scoring_model(project, model_rec) if strategy != "random" else None
         h = p = labeled_h = labeled_y = None
-        if model is not None:
+        rows = np.arange(len(unlabeled))
+        if model is not None and model_rec is not None and strategy in STREAMED:
+            # Only the top-m rows by score can be chosen: keep just their features.
+            keep = _kept_rows(strategy, budget, candidates)
+            model.to(dev)
+            rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, STREAMED[strategy],
+                                          keep, batch_size)
+            p = p_all[rows]
+            if strategy == "mge-clustering":
+                candidates = min(keep, len(rows)) if len(rows) > budget else None
+        elif model is not None:
             h, p = _score(model, cache, unlabeled, dev, batch_size,
                           with_p=model_rec is not None)
             if strategy in ("coreset", "typiclust", "hybrid") and labeled:
@@ -1051,7 +1062,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
                            labeled_h=labeled_h, labeled_y=labeled_y,
                            model_f1=val.get("micro_f1"), n_labeled=len(labeled))
         selection = select(strategy, ctx)
-        chosen = unlabeled[selection.indices]
+        chosen = unlabeled[rows[selection.indices]]
 
         current = store.current_round()
         cur_rec = store.round(current) if current is not None else None
@@ -1104,6 +1115,31 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         return QueryResult(new_round, strategy, query_path, len(chosen), budget,
                            len(unlabeled), model_rec.round if model_rec else None, ls_files,
                            cancelled, notes)
+
+
+def _mge(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    from alft_cli.strategies import mge_scores
+
+    return mge_scores(h, p)
+
+
+def _entropy(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    from alft_cli.strategies import entropy_scores
+
+    return entropy_scores(p)
+
+
+# Strategies that only ever pick among the top rows of a per-sample score: the pool is
+# scored in one streaming pass that keeps features for those rows only.
+STREAMED = {"mge-clustering": _mge, "mge": _mge, "entropy": _entropy}
+
+
+def _kept_rows(strategy: str, budget: int, candidates: int | None) -> int:
+    from alft_cli.strategies import CANDIDATE_FACTOR
+
+    if strategy == "mge-clustering":
+        return candidates if candidates is not None else CANDIDATE_FACTOR * budget
+    return budget
 
 
 def _import_in_background(module: str) -> None:

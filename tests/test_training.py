@@ -214,3 +214,29 @@ def test_pretrain_under_torchrun_with_two_gloo_processes(tiny_archive, tmp_path)
     ckpt = load_safe(root / "pretrain" / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["generators"]) == 2  # one per rank
     assert np.isfinite(ckpt["losses"]).all()
+
+
+def test_streamed_pool_scoring_picks_what_the_full_pass_picks(trained):
+    """mge-clustering/mge/entropy keep features only for the top-m rows while scoring the
+    pool; the query must equal the strategy run on the full (h, p) of every image."""
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer
+    from alft_cli.finetune import load_model
+    from alft_cli.project import open_project
+    from alft_cli.strategies import QueryContext, select
+
+    p = open_project(trained)
+    labeled = set(p.store.labels())
+    unlabeled = np.array([int(i) for i in p.store.sample_ids("pool") if int(i) not in labeled])
+    model, _ = load_model(trained / p.store.rounds()[0].model_file)
+    cache = CachedImages(p.cache_path)
+    p.close()
+    h, prob = infer(model, cache, unlabeled, torch.device("cpu"))
+    for strategy in ("mge-clustering", "mge", "entropy"):
+        expected = unlabeled[select(strategy, QueryContext(h=h, p=prob, budget=5,
+                                                           seed=7)).indices]
+        api.query(trained, budget=5, strategy=strategy, seed=7, force=True, device="cpu")
+        p = open_project(trained)
+        got = p.store.queried_ids(p.store.current_round())
+        p.close()
+        assert got == expected.tolist(), strategy
