@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from alft_cli import __version__, faults
 from alft_cli.atomic import atomic_open
 from alft_cli.config import ProjectConfig, check_class_names, parse_class_list
 from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
-from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder
+from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder, scan_manifest
 from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
 from alft_cli.progress import reporter
 from alft_cli.project import Project, open_project, project_lock
@@ -211,54 +210,9 @@ def _scan_archive(archive: Path) -> tuple[Path, ScanResult, Path | None]:
     if archive.is_dir():
         return archive.resolve(), scan_folder(archive), None
     if archive.suffix.lower() == ".csv":
-        root = archive.parent.resolve()
-        return root, _scan_manifest(archive, root), archive.resolve()
+        return archive.parent.resolve(), scan_manifest(archive, strict=True), archive.resolve()
     raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
                        "'filename' column")
-
-
-def _scan_manifest(manifest: Path, root: Path) -> ScanResult:
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{manifest}: cannot read manifest ({exc})") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-    if "filename" not in fields:
-        raise ArchiveError(f"{manifest}: manifest needs a 'filename' column")
-    column = reader.fieldnames[fields.index("filename")]
-    keys: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    problems: list[str] = []
-    for line, row in enumerate(reader, start=2):
-        name = (row.get(column) or "").strip().replace("\\", "/")
-        if not name:
-            problems.append(f"{manifest.name} row {line}: empty filename")
-            continue
-        path = Path(name)
-        if path.is_absolute():
-            try:
-                name = path.resolve().relative_to(root).as_posix()
-            except ValueError:
-                problems.append(f"{manifest.name} row {line}: {name} is outside {root}")
-                continue
-        name = name.removeprefix("./")
-        if ".." in Path(name).parts:
-            problems.append(f"{manifest.name} row {line}: '..' in {name}")
-            continue
-        if not (root / name).is_file():
-            skipped.append((name, "listed in the manifest but not found"))
-            continue
-        keys.append(name)
-    if problems:
-        raise ArchiveError(f"{manifest}: {len(problems)} bad rows; nothing indexed",
-                           details=problems)
-    dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) != len(keys) else []
-    if dupes:
-        raise ArchiveError(f"{manifest}: {len(dupes)} files listed twice (e.g. {dupes[0]})")
-    from alft_cli.images import _drop_case_duplicates
-
-    return _drop_case_duplicates(sorted(keys), skipped)
 
 
 def _build_project(

@@ -275,6 +275,73 @@ def _printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def scan_manifest(manifest: Path, strict: bool) -> ScanResult:
+    """The images a manifest CSV lists (``filename`` column, relative to its folder).
+
+    ``strict`` (init-pool: an index must be exactly what was asked for): an empty, outside
+    or '..' name, or a name listed twice, refuses the whole manifest, one line per row.
+    Otherwise (tagging) such rows are skipped with a reason and duplicates are kept once.
+    Files that do not exist are skipped with a reason either way.
+
+    Raises:
+        ArchiveError: unreadable manifest, no ``filename`` column, or (strict) bad rows.
+    """
+    import csv
+    import io
+
+    from alft_cli.errors import ArchiveError
+
+    root = manifest.parent.resolve()
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"{manifest}: cannot read manifest ({exc})") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "filename" not in fields:
+        raise ArchiveError(f"{manifest}: manifest needs a 'filename' column")
+    column = (reader.fieldnames or [])[fields.index("filename")]
+    keys: list[str] = []
+    seen: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    problems: list[str] = []
+
+    def bad(line: int, name: str, reason: str) -> None:
+        if strict:
+            problems.append(f"{manifest.name} row {line}: {reason}")
+        elif name:
+            skipped.append((name, reason))
+
+    for line, row in enumerate(reader, start=2):
+        name = (row.get(column) or "").strip().replace("\\", "/")
+        if not name:
+            bad(line, name, "empty filename")
+            continue
+        if Path(name).is_absolute():
+            try:
+                name = Path(name).resolve().relative_to(root).as_posix()
+            except ValueError:
+                bad(line, name, f"{name} is outside the manifest's folder {root}")
+                continue
+        name = name.removeprefix("./")
+        if ".." in Path(name).parts:
+            bad(line, name, f"'..' in {name}")
+            continue
+        if name in seen:
+            if strict:
+                problems.append(f"{manifest.name} row {line}: {name} is listed twice")
+            continue
+        seen.add(name)
+        if not (root / name).is_file():
+            skipped.append((name, "listed in the manifest but not found"))
+            continue
+        keys.append(name)
+    if problems:
+        raise ArchiveError(f"{manifest}: {len(problems)} bad rows; nothing indexed",
+                           details=problems[:50])
+    return _drop_case_duplicates(sorted(keys), skipped)
+
+
 def _drop_case_duplicates(keys: list[str], skipped: list[tuple[str, str]]) -> ScanResult:
     seen: dict[str, str] = {}
     kept: list[str] = []

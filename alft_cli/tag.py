@@ -31,7 +31,7 @@ from typing import IO, Any
 import numpy as np
 
 from alft_cli.errors import ArchiveError, CheckpointError, OptionError
-from alft_cli.images import ImageDecodeError, load_image, scan_folder
+from alft_cli.images import ImageDecodeError, load_image, scan_folder, scan_manifest
 from alft_cli.progress import reporter
 
 FORMATS = ("csv", "jsonl")
@@ -311,38 +311,8 @@ def list_archive(archive: Path) -> tuple[Path, list[str], list[tuple[str, str]]]
     if archive.suffix.lower() != ".csv":
         raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
                            "'filename' column")
-    root = archive.parent
-    try:
-        text = archive.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{archive}: cannot read manifest ({exc})") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-    if "filename" not in fields:
-        raise ArchiveError(f"{archive}: manifest needs a 'filename' column")
-    column = (reader.fieldnames or [])[fields.index("filename")]
-    keys: list[str] = []
-    seen: set[str] = set()
-    skipped: list[tuple[str, str]] = []
-    resolved_root = root.resolve()
-    for row in reader:
-        name = (row.get(column) or "").strip().replace("\\", "/")
-        if not name:
-            continue
-        if Path(name).is_absolute():
-            try:
-                name = Path(name).resolve().relative_to(resolved_root).as_posix()
-            except ValueError:
-                skipped.append((name, f"outside the manifest's folder {root}"))
-                continue
-        name = name.removeprefix("./")
-        if ".." in Path(name).parts:
-            skipped.append((name, "'..' in the path"))
-            continue
-        if name not in seen:  # a name listed twice is tagged once
-            seen.add(name)
-            keys.append(name)
-    return root, sorted(keys), skipped
+    scan = scan_manifest(archive, strict=False)
+    return archive.parent, scan.keys, list(scan.skipped)
 
 
 def _decode(root: Path, key: str, size: int, channels: int

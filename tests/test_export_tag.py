@@ -302,7 +302,7 @@ def test_tag_manifest(built, tmp_path):
     _, rows = _read_csv(tmp_path / "m.csv")
     assert sorted(r[0] for r in rows) == sorted(keys)
     _, skipped = _read_csv(result.skipped_file)
-    assert skipped == [["missing/nothere.png", "not found"]]
+    assert skipped == [["missing/nothere.png", "listed in the manifest but not found"]]
 
 
 def test_shards_partition_the_archive_deterministically(built, tmp_path):
