@@ -500,6 +500,18 @@ def _check_duplicates(rows: list[LabelRow], cls: _Classes, problems: _Problems, 
             )
 
 
+def _row_ref(cells: list[str], fcol: int | None, where: str,
+             problems: _Problems) -> tuple[str, bool]:
+    """A row's normalized filename, and whether it is usable (empty names are a problem)."""
+    if fcol is None:
+        return "", True
+    ref = _norm_ref(cells[fcol])
+    if not ref:
+        problems.add(where, "empty filename")
+        return ref, False
+    return ref, True
+
+
 def _read_onehot(table: _Table, cls: _Classes, problems: _Problems) -> list[LabelRow]:
     where_h = f"row {table.header_row}"
     fcol: int | None = None
@@ -532,13 +544,7 @@ def _read_onehot(table: _Table, cls: _Classes, problems: _Problems) -> list[Labe
         where = f"row {rowno}"
         if not _row_fits(cells, table, blank, where, problems):
             continue
-        ok = True
-        ref = ""
-        if fcol is not None:
-            ref = _norm_ref(cells[fcol])
-            if not ref:
-                problems.add(where, "empty filename")
-                ok = False
+        ref, ok = _row_ref(cells, fcol, where, problems)
         vec = [0] * len(cls.names)
         for j, i in class_items:
             bit = _BITS.get(cells[j])
@@ -614,13 +620,7 @@ def _read_list(
         where = f"row {rowno}"
         if not _row_fits(cells, table, blank, where, problems):
             continue
-        ok = True
-        ref = ""
-        if fcol is not None:
-            ref = _norm_ref(cells[fcol])
-            if not ref:
-                problems.add(where, "empty filename")
-                ok = False
+        ref, ok = _row_ref(cells, fcol, where, problems)
         if lcol is None:
             continue
         names = [t.strip() for t in cells[lcol].split(LABEL_SEPARATOR) if t.strip()]

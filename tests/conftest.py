@@ -23,6 +23,18 @@ def _silent_reporter():
     set_reporter(previous)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: extra intra-op threads only add overhead, and on a shared machine OpenMP
+    threads spinning against other processes slow such tests tenfold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory):
     """60 synthetic 32 px scenes in png/jpg/tif with a one-hot labels.csv."""

@@ -12,15 +12,7 @@ from torchvision.transforms import _functional_tensor as FT
 
 from alft_cli import augment as A
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra intra-op threads only add overhead, and on a shared CI
-    # machine OpenMP threads spinning against other processes slow these tests tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -10,15 +10,7 @@ from torch import nn
 
 from alft_cli.byol import BYOL, MLPHead, byol_loss, cosine_tau, update_momentum
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra intra-op threads only add overhead, and on a shared CI
-    # machine OpenMP threads spinning against other processes slow these tests tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_backbone() -> nn.Module:

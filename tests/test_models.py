@@ -17,15 +17,7 @@ from alft_cli.models import (
     load_state_dict_checked,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: extra intra-op threads only add overhead, and on a shared CI
-    # machine OpenMP threads spinning against other processes slow these tests tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
