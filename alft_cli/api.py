@@ -799,10 +799,14 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
     model of an earlier round (the paper's protocol), falling back to the pretrained backbone,
     then to random weights (with a warning).
     """
+    from alft_cli import distributed
     from alft_cli import finetune as ft
     from alft_cli.config import FinetuneConfig, validated
     from alft_cli.data import CachedImages, resolve_device
 
+    if distributed.env_info().enabled:
+        raise OptionError("finetune runs in one process (labeled sets are small): start it "
+                          "without torchrun; pretrain and query use several processes")
     cfg = validated(FinetuneConfig, **options)
     if cfg.backbone is not None:
         from alft_cli.models import BACKBONES
@@ -939,14 +943,15 @@ class QueryResult:
 def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clustering",
           candidates: int | None = None, seed: int = 0, out: Path | str | None = None,
           fmt: str = "csv", force: bool = False, device: str = "auto",
-          batch_size: int = 64, image_url_prefix: str | None = None) -> QueryResult:
+          batch_size: int = 64, image_url_prefix: str | None = None) -> QueryResult | None:
     """Choose ``budget`` unlabeled pool images to label next; write the query file.
 
     One inference pass over the unlabeled pool gives features h and probabilities p; the
     strategy (a pure function of them, see :mod:`alft_cli.strategies`) picks the images.
+    Under torchrun every rank scores a shard of the pool; only rank 0 selects and writes
+    (the other ranks return None).
     """
-    from alft_cli.data import CachedImages, resolve_device
-    from alft_cli.embed import infer_top
+    from alft_cli.data import resolve_device
     from alft_cli.labels import label_studio_config, write_label_studio_tasks
     from alft_cli.strategies import NEEDS_MODEL, STRATEGIES, QueryContext, select
 
@@ -962,7 +967,12 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
     args = {"budget": budget, "strategy": strategy, "candidates": candidates, "seed": seed,
             "out": str(out) if out else None, "format": fmt, "force": force}
     notes: list[str] = []
-    with _writing(project_dir, "query", args) as project:
+    from alft_cli import distributed
+
+    info = distributed.env_info()
+    # Under torchrun every rank scores a shard of the pool; rank 0 owns the project.
+    context = _writing(project_dir, "query", args) if info.is_main else _reading(project_dir)
+    with context as project:
         store = project.store
         pending = store.pending()
         if pending and not force:
@@ -985,32 +995,20 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
             raise OptionError(f"--strategy {strategy} needs a trained model: run alft "
                               "finetune first (or use --strategy random, kmeans or typiclust)")
         dev = resolve_device(device)
-        cache = CachedImages(project.cache_path)
-        if strategy != "random":
-            # scikit-learn takes ~1 s to import; do it while the pool is being scored.
-            _import_in_background("sklearn.cluster")
-        model = _scoring_model(project, model_rec) if strategy != "random" else None
-        h = p = labeled_h = labeled_y = None
-        rows = np.arange(len(unlabeled))
-        if model is not None and model_rec is not None and strategy in STREAMED:
-            # Only the top-m rows by score can be chosen: keep just their features.
-            keep = _kept_rows(strategy, budget, candidates)
-            model.to(dev)
-            rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, STREAMED[strategy],
-                                          keep, batch_size)
-            p = p_all[rows]
-            if strategy == "mge-clustering":
-                candidates = min(keep, len(rows)) if len(rows) > budget else None
-        elif model is not None:
-            h, p = _score(model, cache, unlabeled, dev, batch_size,
-                          with_p=model_rec is not None)
-            if strategy in ("coreset", "typiclust", "hybrid") and labeled:
-                lab_ids, labeled_y = store.labeled_arrays()
-                labeled_h, _ = _score(model, cache, lab_ids, dev, batch_size, with_p=False)
-            elif strategy == "class-aware-mge":
-                _, labeled_y = store.labeled_arrays()
-        else:
-            h = np.zeros((len(unlabeled), 1), np.float32)
+        if info.enabled:
+            distributed.init(dev)
+            if dev.type == "cuda":
+                dev = torch_device("cuda", info.local_rank)
+        # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
+        # for it before selecting (two threads importing one package can see it half-made).
+        importing = _import_in_background("sklearn.cluster") if strategy != "random" else None
+        scored = _score_pool(project, model_rec, strategy, unlabeled, labeled, budget,
+                             candidates, dev, batch_size)
+        if importing is not None:
+            importing.join()
+        if not info.is_main:
+            return None
+        rows, h, p, labeled_h, labeled_y, candidates = scored
         val = ((model_rec.metrics or {}).get("val") or {}) if model_rec else {}
         ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
                            labeled_h=labeled_h, labeled_y=labeled_y,
@@ -1071,6 +1069,49 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
                            cancelled, notes)
 
 
+def torch_device(kind: str, index: int) -> Any:
+    import torch
+
+    return torch.device(kind, index)
+
+
+def _score_pool(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarray,
+                labeled: set[int], budget: int, candidates: int | None, dev: Any,
+                batch_size: int) -> tuple:
+    """One inference pass over the unlabeled pool: what the strategy looks at.
+
+    Returns (rows, h, p, labeled_h, labeled_y, candidates); ``rows`` index ``unlabeled``
+    (all of them, or only the top-m kept by a streamed pass).
+    """
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer_top
+
+    store = project.store
+    cache = CachedImages(project.cache_path)
+    model = _scoring_model(project, model_rec) if strategy != "random" else None
+    h = p = labeled_h = labeled_y = None
+    rows = np.arange(len(unlabeled))
+    if model is not None and model_rec is not None and strategy in STREAMED:
+        # Only the top-m rows by score can be chosen: keep just their features.
+        keep = _kept_rows(strategy, budget, candidates)
+        model.to(dev)
+        rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, STREAMED[strategy], keep,
+                                      batch_size)
+        p = p_all[rows]
+        if strategy == "mge-clustering":
+            candidates = min(keep, len(rows)) if len(rows) > budget else None
+    elif model is not None:
+        h, p = _score(model, cache, unlabeled, dev, batch_size, with_p=model_rec is not None)
+        if strategy in ("coreset", "typiclust", "hybrid") and labeled:
+            lab_ids, labeled_y = store.labeled_arrays()
+            labeled_h, _ = _score(model, cache, lab_ids, dev, batch_size, with_p=False)
+        elif strategy == "class-aware-mge":
+            _, labeled_y = store.labeled_arrays()
+    else:
+        h = np.zeros((len(unlabeled), 1), np.float32)
+    return rows, h, p, labeled_h, labeled_y, candidates
+
+
 def _mge(h: np.ndarray, p: np.ndarray) -> np.ndarray:
     from alft_cli.strategies import mge_scores
 
@@ -1096,11 +1137,13 @@ def _kept_rows(strategy: str, budget: int, candidates: int | None) -> int:
     return budget
 
 
-def _import_in_background(module: str) -> None:
+def _import_in_background(module: str) -> Any:
     import importlib
     import threading
 
-    threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
 
 
 def _fresh_path(path: Path) -> Path:

@@ -317,12 +317,16 @@ def query(
     """Choose the next images to label with an active-learning strategy.
 
     Example:  alft query -p proj --budget 20 --strategy mge-clustering
+
+    Several GPUs score a large pool together:  torchrun --nproc_per_node=4 -m alft_cli query -p proj
     """
     from alft_cli import api
 
     r = api.query(project, budget=budget, strategy=strategy, candidates=candidates,
                   seed=seed, out=out_file, fmt=format, force=force, device=device,
                   batch_size=batch_size, image_url_prefix=image_url_prefix)
+    if r is None:  # a helper rank under torchrun: rank 0 reports
+        return
     for note in r.notes:
         out.print(f"note: {note}")
     model = f"model of round {r.model_round}" if r.model_round is not None else "no model"

@@ -240,3 +240,26 @@ def test_streamed_pool_scoring_picks_what_the_full_pass_picks(trained):
         got = p.store.queried_ids(p.store.current_round())
         p.close()
         assert got == expected.tolist(), strategy
+
+
+@pytest.mark.slow
+def test_query_under_torchrun_matches_one_process(trained):
+    """Two gloo processes score halves of the pool; rank 0 selects exactly what a single
+    process selects (same model, same seed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALFT_LOCK_TIMEOUT": "1"}
+    picked = []
+    for launcher in (["-m", "torch.distributed.run", "--nproc_per_node=2",
+                      "--master_port=29531", "-m", "alft_cli"], ["-m", "alft_cli"]):
+        for strategy in ("mge-clustering", "coreset"):
+            proc = subprocess.run(
+                [sys.executable, *launcher, "query", "-p", str(trained), "--budget", "5",
+                 "--seed", "11", "--strategy", strategy, "--force", "--device", "cpu"],
+                capture_output=True, text=True, env=env, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            from alft_cli.project import open_project
+
+            p = open_project(trained)
+            picked.append(p.store.queried_ids(p.store.current_round()))
+            p.close()
+    assert picked[0] == picked[2] and picked[1] == picked[3]
+    assert len(set(picked[0])) == 5
