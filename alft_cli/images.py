@@ -48,6 +48,9 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
+NOT_AN_IMAGE = "not an image file"
+
+
 class ImageDecodeError(Exception):
     """The file cannot be used as an image; the message says why (one line)."""
 
@@ -218,7 +221,7 @@ def scan_folder(root: Path) -> ScanResult:
             rel = _relative(full, root)
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 suffix = Path(name).suffix.lower()
-                skipped.append((rel, f"not an image file ({suffix or 'no extension'}; "
+                skipped.append((rel, f"{NOT_AN_IMAGE} ({suffix or 'no extension'}; "
                                      f"alft reads {'/'.join(IMAGE_EXTENSIONS)})"))
                 continue
             problem = _name_problem(rel)

@@ -31,7 +31,13 @@ from typing import IO, Any
 import numpy as np
 
 from alft_cli.errors import ArchiveError, CheckpointError, OptionError
-from alft_cli.images import ImageDecodeError, load_image, scan_folder, scan_manifest
+from alft_cli.images import (
+    NOT_AN_IMAGE,
+    ImageDecodeError,
+    load_image,
+    scan_folder,
+    scan_manifest,
+)
 from alft_cli.progress import reporter
 
 FORMATS = ("csv", "jsonl")
@@ -307,7 +313,10 @@ def list_archive(archive: Path) -> tuple[Path, list[str], list[tuple[str, str]]]
         raise ArchiveError(f"archive {archive} does not exist")
     if archive.is_dir():
         scan = scan_folder(archive)
-        return archive, scan.keys, list(scan.skipped)
+        # Sidecar files (.aux.xml, .tfw, ...) are not unreadable images: tagging ignores
+        # them rather than listing thousands of them as skipped.
+        return archive, scan.keys, [s for s in scan.skipped
+                                    if not s[1].startswith(NOT_AN_IMAGE)]
     if archive.suffix.lower() != ".csv":
         raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
                            "'filename' column")

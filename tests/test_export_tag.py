@@ -452,3 +452,15 @@ def test_a_cuda_provider_that_fails_to_load_falls_back_in_one_line(built, tmp_pa
                         device="cuda")
     captured = capfd.readouterr()
     assert "Failed to load library" not in captured.err + captured.out
+
+
+def test_tag_ignores_sidecar_files_but_reports_broken_images(built, tmp_path):
+    import shutil
+
+    root = tmp_path / "arch"
+    shutil.copytree(built["archive"].root, root)
+    (root / "scene.aux.xml").write_text("<PAMDataset/>")
+    (root / "broken.png").write_bytes(b"not a png")
+    result = _cpu(built["export"].path, root, tmp_path / "t.csv")
+    _, skipped = _read_csv(result.skipped_file)
+    assert [row[0] for row in skipped] == ["broken.png"]
