@@ -57,15 +57,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from ``src`` to every rank (identity when single-process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def gather_rows(array: np.ndarray, order: np.ndarray) -> np.ndarray | None:
     """Collect per-rank result rows on rank 0 and put them back in global ``order``.
 

@@ -220,9 +220,6 @@ class Store:
     def skipped(self) -> list[tuple[str, str]]:
         return self.conn.execute("SELECT key, reason FROM skipped ORDER BY key").fetchall()
 
-    def count_samples(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-
     def split_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(SPLITS, 0)
         for split, n in self.conn.execute("SELECT split, COUNT(*) FROM samples GROUP BY split"):
