@@ -1308,13 +1308,20 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
     return SimulateResult(Path(out), result.runs, result.finished, report_dir, result.complete)
 
 
-def report(source: Path | str, *, out: Path | str | None = None, split: str = "test") -> Any:
-    """Write learning curves, tables and plots; see :mod:`alft_cli.report`."""
+def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]], *,
+           out: Path | str | None = None, split: str = "test", baseline: str | None = None
+           ) -> Any:
+    """Write learning curves, tables and plots for one folder, or compare several simulation
+    folders (paths, or (name, path) pairs); see :mod:`alft_cli.report`."""
     from alft_cli.report import make_report
 
     if split not in ("test", "val"):
         raise OptionError("--split: test or val")
-    return make_report(Path(source), Path(out) if out else None, split=split)
+    items = source if isinstance(source, list) else [source]
+    sources = [(item[0], Path(item[1])) if isinstance(item, tuple) else Path(item)
+               for item in items]
+    return make_report(sources if len(sources) > 1 else sources[0],
+                       Path(out) if out else None, split=split, baseline=baseline)
 
 
 # --------------------------------------------------------------------------------------------

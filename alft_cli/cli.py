@@ -494,21 +494,37 @@ def _pretrain_route(**options: object) -> dict:
 
 @app.command("report")
 def report(
-    source: Annotated[Path, typer.Argument(help="Simulation folder or project folder.")],
+    sources: Annotated[list[str], typer.Argument(
+        help="Simulation or project folder; several simulation folders (optionally "
+             "NAME=FOLDER) to compare them.", metavar="source")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write "
                                                     "(default SOURCE/report).")] = None,
     split: Annotated[str, typer.Option(help="test | val")] = "test",
+    baseline: Annotated[str | None, typer.Option(
+        help="Paired differences against these runs (default: random; comparing folders: "
+             "the first folder's random, e.g. byol:random).")] = None,
 ) -> None:
     """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
 
     Example:  alft report sim/   # then open sim/report/curves.md
+
+    Compare simulations (e.g. pretraining routes):  alft report byol=sim-a noisy=sim-b -o cmp/
     """
     from alft_cli import api
 
-    r = api.report(source, out=out_dir, split=split)
+    r = api.report([_named_source(s) for s in sources], out=out_dir, split=split,
+                   baseline=baseline)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")
+
+
+def _named_source(text: str) -> Path | tuple[str, Path]:
+    # NAME=FOLDER, unless the whole text is an existing path (folders may contain '=').
+    name, sep, folder = text.partition("=")
+    if sep and not Path(text).exists():
+        return name, Path(folder)
+    return Path(text)
 
 
 @app.command("doctor")

@@ -9,11 +9,17 @@
 - ``curves_s<k>.png``, ``paired_s<k>.png``, ``classes_s<k>.png``: the plots (matplotlib);
 - ``class_hist.csv``: per-round class histogram of the labeled set (mean over seeds), to show
   which classes a strategy picks.
+
+Several simulation folders can be compared in one report (e.g. pretraining routes under the
+same AL protocol): strategies are then named ``<source>:<strategy>`` and the paired baseline is
+the first source's random runs. Pairing across folders holds because a run's split, removals
+and initial set depend only on its seed and the protocol, which must agree.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +33,8 @@ from alft_cli.errors import OptionError
 from alft_cli.simulate import collect, write_rows_csv
 
 METRICS = ("test_micro_f1", "test_macro_f1")
+# What pairs runs of different simulations seed by seed (see simulate._create_run).
+PAIRING_SETTINGS = ("archive", "labels", "val_fraction", "test_fraction", "initial")
 
 
 @dataclass
@@ -37,34 +45,97 @@ class ReportResult:
     rows: int
 
 
-def make_report(source: Path, out: Path | None = None, split: str = "test") -> ReportResult:
-    """Write curves, tables and plots for a simulation or project folder."""
-    source = Path(source)
-    if not source.exists():
-        raise OptionError(f"{source} does not exist")
-    rows = collect(source)
-    if not rows:
-        raise OptionError(f"{source}: no trained rounds with metrics yet (run alft simulate or "
-                          "alft finetune with gold val/test labels)")
+def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | None = None,
+                split: str = "test", baseline: str | None = None) -> ReportResult:
+    """Write curves, tables and plots for a simulation or project folder, or compare several
+    simulation folders (a list of paths or of (name, path))."""
+    sources = _named_sources(source)
+    if len(sources) > 1 and out is None:
+        raise OptionError("comparing several folders: give --out DIR for the report")
+    notes = _check_comparable(sources) if len(sources) > 1 else []
+    rows: list[dict[str, Any]] = []
+    for name, path in sources:
+        mine = collect(path)
+        if not mine:
+            raise OptionError(f"{path}: no trained rounds with metrics yet (run alft simulate "
+                              "or alft finetune with gold val/test labels)")
+        if len(sources) > 1:
+            for r in mine:
+                r["strategy"] = f"{name}:{r['strategy']}"
+        rows += mine
+    if baseline is None:
+        baseline = "random" if len(sources) == 1 else f"{sources[0][0]}:random"
+    elif baseline not in {r["strategy"] for r in rows}:
+        raise OptionError(f"--baseline {baseline!r}: no such runs; choose from "
+                          + ", ".join(sorted({r["strategy"] for r in rows})))
     metrics = tuple(m.replace("test_", f"{split}_") for m in METRICS)
     missing = [m for m in metrics if not any(m in r for r in rows)]
     if missing:
-        raise OptionError(f"{source}: no {split} metrics in the stored rounds")
-    out = Path(out) if out else source / "report"
+        raise OptionError(f"{sources[0][1]}: no {split} metrics in the stored rounds")
+    out = Path(out) if out else sources[0][1] / "report"
     out.mkdir(parents=True, exist_ok=True)
     files = []
     write_rows_csv(rows, out / "rounds.csv")
     files.append(out / "rounds.csv")
     curves = curve_table(rows, metrics)
-    paired = paired_differences(rows, metrics)
+    paired = paired_differences(rows, metrics, baseline=baseline)
     files += _write_curves_csv(curves, metrics, out / "curves.csv")
     files += _write_paired_csv(paired, out / "paired.csv")
     files += _write_class_hist(rows, out / "class_hist.csv")
     files.append(out / "curves.md")
-    atomic_write_text(out / "curves.md", markdown(curves, paired, metrics, rows))
-    files += _plots(curves, paired, rows, metrics, out)
+    atomic_write_text(out / "curves.md", markdown(curves, paired, metrics, rows, baseline,
+                                                  notes))
+    files += _plots(curves, paired, rows, metrics, out, baseline)
     runs = len({(r["scenario"], r["strategy"], r["seed"]) for r in rows})
     return ReportResult(out, files, runs, len(rows))
+
+
+def _named_sources(source: Path | list[Path] | list[tuple[str, Path]]
+                   ) -> list[tuple[str, Path]]:
+    items = source if isinstance(source, list) else [source]
+    named = [(item if isinstance(item, tuple) else (Path(item).name, item)) for item in items]
+    named = [(name, Path(path)) for name, path in named]
+    if not named:
+        raise OptionError("give a simulation or project folder")
+    for name, path in named:
+        if not path.exists():
+            raise OptionError(f"{path} does not exist")
+        if len(named) > 1 and not (path / "simulation.json").exists():
+            raise OptionError(f"{path}: not a simulation folder (no simulation.json); only "
+                              "simulations can be compared")
+        if not name or ":" in name:
+            raise OptionError(f"report name {name!r}: give a name without ':' (NAME=FOLDER)")
+    names = [name for name, _ in named]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise OptionError(f"two sources are named {twice[0]!r}: name them (NAME=FOLDER)")
+    return named
+
+
+def _check_comparable(sources: list[tuple[str, Path]]) -> list[str]:
+    """Refuses folders whose runs are not paired seed by seed; returns notes on the settings
+    that do differ (the thing being compared, e.g. the pretraining route)."""
+    settings = {name: json.loads((path / "simulation.json").read_text())
+                for name, path in sources}
+    first, ref = next(iter(settings.items()))
+    for name, s in settings.items():
+        bad = [k for k in PAIRING_SETTINGS if s.get(k) != ref.get(k)]
+        if bad:
+            raise OptionError(f"{name} and {first} differ in {', '.join(bad)}: their runs are "
+                              "not paired, so they cannot be compared in one report")
+    varying = ("pretrain", "finetune", "image_size", "budget", "max_labels", "candidates")
+    notes = []
+    for key in varying:
+        values = {name: s.get(key) for name, s in settings.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            notes.append(f"{key}: " + "; ".join(f"{name} = {json.dumps(v, sort_keys=True)}"
+                                                 for name, v in values.items()))
+    return notes
+
+
+def is_full(strategy: str) -> bool:
+    """Full-supervision runs (``full``, or ``<source>:full`` in a comparison)."""
+    return strategy == "full" or strategy.endswith(":full")
 
 
 def curve_table(rows: list[dict[str, Any]], metrics: tuple[str, ...]
@@ -92,7 +163,7 @@ def paired_differences(rows: list[dict[str, Any]], metrics: tuple[str, ...],
     index = {(r["scenario"], r["strategy"], r["seed"], r["labeled"]): r for r in rows}
     out = []
     keys = sorted({(r["scenario"], r["strategy"], r["labeled"]) for r in rows
-                   if r["strategy"] not in (baseline, "full")})
+                   if r["strategy"] != baseline and not is_full(r["strategy"])})
     for scenario, strategy, labeled in keys:
         item: dict[str, Any] = {"scenario": scenario, "strategy": strategy, "labeled": labeled}
         for m in metrics:
@@ -169,9 +240,12 @@ def _write_class_hist(rows: list[dict[str, Any]], path: Path) -> list[Path]:
 
 
 def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...],
-             rows: list[dict[str, Any]]) -> str:
+             rows: list[dict[str, Any]], baseline: str = "random",
+             notes: list[str] | None = None) -> str:
     """Mean +- std per budget (one column per strategy), then the paired differences."""
     lines = ["# Learning curves", ""]
+    if notes:
+        lines += ["Compared simulations differ in:", ""] + [f"- {n}" for n in notes] + [""]
     split = metrics[0].split("_")[0]
     for scenario in sorted({s for s, _ in curves}):
         strategies = sorted(st for s, st in curves if s == scenario)
@@ -194,7 +268,7 @@ def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...
         lines.append("")
         mine = [p for p in paired if p["scenario"] == scenario]
         if mine:
-            lines += [f"### Scenario {scenario}: strategy minus random, same seed "
+            lines += [f"### Scenario {scenario}: strategy minus {baseline}, same seed "
                       "(F1 points, mean [95% paired-t CI])", ""]
             lines.append("| strategy | labels | n | micro F1 diff | macro F1 diff |")
             lines.append("|---|---|---|---|---|")
@@ -213,7 +287,7 @@ def _diff_cell(p: dict[str, Any], m: str) -> str:
 
 
 def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]],
-           metrics: tuple[str, ...], out: Path) -> list[Path]:
+           metrics: tuple[str, ...], out: Path, baseline: str = "random") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,9 +303,10 @@ def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]
                 x = np.array([p["labeled"] for p in points])
                 y = np.array([p[f"{m}_mean"] for p in points])
                 e = np.array([p[f"{m}_std"] for p in points])
-                if strategy == "full":
+                if is_full(strategy):
                     ax.axhline(y[-1], linestyle="--", color="grey",
-                               label=f"full supervision ({x[-1]} labels)")
+                               label=f"{strategy.replace('full', 'full supervision')} "
+                                     f"({x[-1]} labels)")
                     continue
                 ax.plot(x, y, marker="o", label=strategy)
                 ax.fill_between(x, y - e, y + e, alpha=0.2)
@@ -257,10 +332,10 @@ def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]
                     ax.fill_between(x, lo, hi, alpha=0.2)
                 ax.axhline(0, color="black", linewidth=0.8)
                 ax.set_xlabel("labeled images")
-                ax.set_ylabel(f"{m.replace('_', ' ')} minus random (points)")
+                ax.set_ylabel(f"{m.replace('_', ' ')} minus {baseline} (points)")
                 ax.grid(alpha=0.3)
             axes[0].legend()
-            fig.suptitle(f"scenario {scenario}: paired difference vs random, 95% CI")
+            fig.suptitle(f"scenario {scenario}: paired difference vs {baseline}, 95% CI")
             fig.tight_layout()
             files.append(_save(fig, out / f"paired_s{scenario}.png"))
             plt.close(fig)
@@ -269,7 +344,8 @@ def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]
 
 
 def _class_plot(rows: list[dict[str, Any]], scenario: int, out: Path, plt: Any) -> list[Path]:
-    hist = _class_hist([r for r in rows if r["scenario"] == scenario and r["strategy"] != "full"])
+    hist = _class_hist([r for r in rows if r["scenario"] == scenario
+                        and not is_full(r["strategy"])])
     if not hist:
         return []
     last: dict[str, dict[str, float]] = {}

@@ -175,3 +175,54 @@ def test_time_boxed_simulation_stops_with_exit_75_and_continues(tiny_archive, tm
     # Different settings in the same folder are refused instead of mixing results.
     r = cli(*[a if a != "10" else "14" for a in args])
     assert r.code == 1 and "other settings" in r.stderr
+
+
+@pytest.mark.slow
+def test_report_compares_simulations_paired_by_seed(sim, tmp_path, cli):
+    # The same simulation under two names: every b: curve equals its a: twin, b:random
+    # minus a:random is exactly 0, and b:mge-clustering's paired difference equals the
+    # single-folder one (pairing across folders goes by seed).
+    out = tmp_path / "cmp"
+    r = cli("report", f"a={sim}", f"b={sim}", "-o", out)
+    assert r.code == 0, r.stderr
+    paired = {(p["scenario"], p["strategy"], p["labeled"]): p
+              for p in csv.DictReader(open(out / "paired.csv"))}
+    single = {(p["scenario"], p["strategy"], p["labeled"]): p
+              for p in csv.DictReader(open(sim / "report" / "paired.csv"))}
+    assert {k[1] for k in paired} == {"a:mge-clustering", "b:mge-clustering", "b:random"}
+    for (scenario, strategy, labeled), p in paired.items():
+        if strategy == "b:random":
+            assert float(p["test_micro_f1_diff"]) == 0.0
+        else:
+            want = single[(scenario, "mge-clustering", labeled)]
+            assert p["test_macro_f1_diff"] == want["test_macro_f1_diff"]
+    text = (out / "curves.md").read_text()
+    assert "strategy minus a:random" in text and "differ in" not in text
+    for name in ("curves_s1.png", "paired_s3.png", "classes_s1.png"):
+        assert (out / name).stat().st_size > 0
+    # Another baseline by name.
+    r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--baseline", "b:mge-clustering")
+    assert r.code == 0, r.stderr
+    assert "strategy minus b:mge-clustering" in (out / "curves.md").read_text()
+
+
+def test_report_refuses_simulations_that_are_not_paired(tmp_path, cli):
+    settings = {"archive": "arch", "labels": "gold.csv", "val_fraction": 0.25,
+                "test_fraction": 0.25, "initial": 40, "pretrain": {"method": "byol"}}
+    for name, initial in (("one", 40), ("two", 20)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "simulation.json").write_text(json.dumps({**settings,
+                                                                    "initial": initial}))
+    (tmp_path / "project").mkdir()
+    cases = [
+        ([tmp_path / "one", tmp_path / "two", "-o", tmp_path / "r"], "differ in initial"),
+        ([tmp_path / "one", tmp_path / "one", "-o", tmp_path / "r"], "two sources are named"),
+        ([tmp_path / "one", tmp_path / "project", "-o", tmp_path / "r"], "not a simulation"),
+        ([tmp_path / "one", f"x={tmp_path / 'one'}"], "give --out"),
+        ([f"x={tmp_path / 'nowhere'}", tmp_path / "one", "-o", tmp_path / "r"], "does not exist"),
+    ]
+    for args, message in cases:
+        r = cli("report", *args)
+        assert r.code == 1 and message in r.stderr and "Traceback" not in r.stderr, (args, r)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r").exists()
