@@ -112,6 +112,11 @@ def open_session(model_path: Path | str, device: str = "auto",
     return session, provider
 
 
+# Decoding threads run while the model does; spinning inference threads would steal their
+# cores (bench/bench_tag.py --spinning measures the other choice).
+ORT_ALLOW_SPINNING = False
+
+
 def _open_session(model_path: Path | str, device: str, threads: int | None
                   ) -> tuple[Any, str, str | None]:
     """:func:`open_session`, plus why the GPU was not used under ``auto`` (or None)."""
@@ -130,9 +135,8 @@ def _open_session(model_path: Path | str, device: str, threads: int | None
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or cpu_count()
     options.inter_op_num_threads = 1
-    # Decoding threads run while the model does; spinning inference threads would steal
-    # their cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if ORT_ALLOW_SPINNING else "0")
 
     problem: str | None = None
     if device in ("auto", "cuda"):

@@ -19,6 +19,7 @@
    ratio near 1.
 
 Usage: python bench/bench_tag.py [--images 500] [--repeats 5] [--threads N] [--skip-rss]
+       [--size 64] [--backbones resnet18,densenet121] [--spinning]
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _tag_rates(model_path: Path, root: Path, out: Path, batch: int, threads: int
 
 
 def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
-               model_only_images: int, threads: int) -> list[dict]:
+               model_only_images: int, threads: int,
+               backbones: tuple[str, ...] = ("resnet18", "densenet121")) -> list[dict]:
     import torch
 
     from alft_cli.images import load_image, scan_folder
@@ -102,7 +104,7 @@ def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
                   for k in keys[:model_only_images]]).astype(np.float32)
     torch.set_num_threads(threads)
     rows = []
-    for backbone in ("resnet18", "densenet121"):
+    for backbone in backbones:
         path = work / f"{backbone}.onnx"
         model = _export(backbone, size, path)
         session, provider = tag.open_session(path, "cpu", threads)
@@ -196,6 +198,10 @@ def main() -> None:
     parser.add_argument("--rss-small", type=int, default=2000)
     parser.add_argument("--rss-large", type=int, default=20000)
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--backbones", default="resnet18,densenet121",
+                        help="comma-separated backbones for the throughput table")
+    parser.add_argument("--spinning", action="store_true",
+                        help="let onnxruntime's intra-op threads spin (alft tag does not)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -206,12 +212,14 @@ def main() -> None:
     import torch
 
     set_reporter(Reporter())
+    tag.ORT_ALLOW_SPINNING = args.spinning
     load_before = os.getloadavg()
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="alft-bench-tag-"))
     try:
         rows = throughput(work, args.images, args.size, args.batch, args.repeats,
-                          args.model_only_images, args.threads)
+                          args.model_only_images, args.threads,
+                          tuple(args.backbones.split(",")))
         mem = [] if args.skip_rss else memory(work, args.size, args.batch, args.rss_small,
                                               args.rss_large)
     finally:
@@ -233,6 +241,7 @@ def main() -> None:
               f"{r['ort']:.1f} | {r['tag']:.1f} | **{r['tag'] / r['torch']:.2f}** | "
               f"{r['ort'] / r['torch']:.2f} | {r['tag'] / r['ort']:.2f} | "
               f"{r['tag_wall']:.1f} | {r['parity']:.1e} |")
+    print(f"\nonnxruntime intra-op spinning: {'on' if args.spinning else 'off'}.")
     print(f"\nalft tag end to end = list + decode ({args.images} png/jpg {args.size} px files) "
           "+ inference + CSV write; goal tag / torch >= 1.5.")
     if mem:
