@@ -32,7 +32,7 @@ from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder, 
 from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
 from alft_cli.progress import reporter
 from alft_cli.project import Project, open_project, project_lock
-from alft_cli.store import SampleRecord, Store, encode_y, now_iso
+from alft_cli.store import SampleRecord, Store, decode_y, encode_y, now_iso
 
 PAPER_VAL_FRACTION = 0.25
 PAPER_TEST_FRACTION = 0.25
@@ -1009,10 +1009,17 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         if not info.is_main:
             return None
         rows, h, p, labeled_h, labeled_y, candidates = scored
-        val = ((model_rec.metrics or {}).get("val") or {}) if model_rec else {}
+        model_f1, evidence = (_model_evidence(project, model_rec) if model_rec
+                              else (None, "no model yet"))
         ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
                            labeled_h=labeled_h, labeled_y=labeled_y,
-                           model_f1=val.get("micro_f1"), n_labeled=len(labeled))
+                           model_f1=model_f1, n_labeled=len(labeled))
+        if strategy == "auto":
+            from alft_cli.strategies import auto_weight
+
+            share = auto_weight(model_f1)
+            notes.append(f"auto: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
+                         f"{1 - share:.0%} random")
         selection = select(strategy, ctx)
         chosen = unlabeled[rows[selection.indices]]
 
@@ -1067,6 +1074,57 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         return QueryResult(new_round, strategy, query_path, len(chosen), budget,
                            len(unlabeled), model_rec.round if model_rec else None, ls_files,
                            cancelled, notes)
+
+
+# Fewer answered suggestions than this say too little about a model to steer `auto`.
+MIN_SUGGESTIONS_FOR_EVIDENCE = 10
+
+
+def _model_evidence(project: Project, model_rec: Any) -> tuple[float | None, str]:
+    """How good the current model is, from what is known at query time (never test labels):
+    its validation micro-F1 when the project has gold val labels; otherwise the micro-F1 of
+    the latest query's suggestions (p >= 0.5, written by an earlier model) against the labels
+    people gave those images since - out-of-sample for the model that suggested them, and a
+    round behind the current one, so it errs on the cautious side."""
+    val = (model_rec.metrics or {}).get("val") or {}
+    if val.get("micro_f1") is not None:
+        return float(val["micro_f1"]), (f"validation micro-F1 {val['micro_f1']:.3f} of "
+                                        f"round {model_rec.round}'s model")
+    store = project.store
+    labels = store.labels()
+    ids = store.ids_by_key()
+    classes = project.classes
+    for rec in reversed(store.rounds()):
+        if rec.model_round is None or not rec.query_file:
+            continue
+        suggested = _suggestions(project.resolve(rec.query_file), classes)
+        answered = [(decode_y(labels[ids[k]]), p) for k, p in suggested.items()
+                    if k in ids and ids[k] in labels]
+        if len(answered) < MIN_SUGGESTIONS_FOR_EVIDENCE:
+            continue
+        from alft_cli.metrics import multilabel_metrics
+
+        y_true = np.stack([y for y, _ in answered])
+        y_score = np.stack([p for _, p in answered])
+        f1 = float(multilabel_metrics(y_true, y_score, classes)["micro_f1"])
+        return f1, (f"no validation labels; round {rec.model_round}'s suggestions on the "
+                    f"{len(answered)} images of round {rec.round}'s query reached micro-F1 "
+                    f"{f1:.3f} against the labels given")
+    return None, "no validation labels and no answered model suggestions yet"
+
+
+def _suggestions(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """filename -> probabilities from a query file's p_<class> columns ({} if unreadable)."""
+    columns = [f"p_{c}" for c in classes]
+    out: dict[str, np.ndarray] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if all(row.get(c) not in (None, "") for c in columns):
+                    out[row["filename"]] = np.array([float(row[c]) for c in columns])
+    except (OSError, ValueError, KeyError, csv.Error):
+        return {}
+    return out
 
 
 def torch_device(kind: str, index: int) -> Any:

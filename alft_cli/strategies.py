@@ -684,8 +684,10 @@ def hybrid_weight(n_labeled: int | None) -> float:
 def auto_weight(model_f1: float | None) -> float:
     """Share of the batch ``auto`` gives to MGE+Clustering, from the model's validation F1.
 
-    Only evidence available at query time is used (never test labels). Without a validated
-    model the weight is 0: the batch is random, which cannot do worse than random.
+    Only evidence available at query time is used (never test labels): the query command
+    passes the validation micro-F1, or without val labels the micro-F1 of the last answered
+    suggestions. Without evidence the weight is 0: the batch is random, which cannot do worse
+    than random.
     """
     if model_f1 is None:
         return 0.0
