@@ -999,28 +999,36 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
             distributed.init(dev)
             if dev.type == "cuda":
                 dev = torch_device("cuda", info.local_rank)
-        # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
-        # for it before selecting (two threads importing one package can see it half-made).
-        importing = _import_in_background("sklearn.cluster") if strategy != "random" else None
-        scored = _score_pool(project, model_rec, strategy, unlabeled, labeled, budget,
-                             candidates, dev, batch_size)
-        if importing is not None:
-            importing.join()
-        if not info.is_main:
-            return None
-        rows, h, p, labeled_h, labeled_y, candidates = scored
         model_f1, evidence = (_model_evidence(project, model_rec) if model_rec
                               else (None, "no model yet"))
-        ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
-                           labeled_h=labeled_h, labeled_y=labeled_y,
-                           model_f1=model_f1, n_labeled=len(labeled))
+        # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
+        # for it before selecting (two threads importing one package can see it half-made).
+        # auto selects inside its own pass, so it imports when it gets there.
+        importing = (_import_in_background("sklearn.cluster")
+                     if strategy not in ("random", "auto") else None)
         if strategy == "auto":
             from alft_cli.strategies import auto_weight
 
             share = auto_weight(model_f1)
+            selection, chosen_p = _auto_selection(project, model_rec, unlabeled, budget,
+                                                  candidates, seed, share, dev, batch_size)
+            rows = np.arange(len(unlabeled))
             notes.append(f"auto: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
                          f"{1 - share:.0%} random")
-        selection = select(strategy, ctx)
+        else:
+            scored = _score_pool(project, model_rec, strategy, unlabeled, labeled, budget,
+                                 candidates, dev, batch_size)
+        if importing is not None:
+            importing.join()
+        if not info.is_main:
+            return None
+        if strategy != "auto":
+            rows, h, p, labeled_h, labeled_y, candidates = scored
+            ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
+                               labeled_h=labeled_h, labeled_y=labeled_y,
+                               model_f1=model_f1, n_labeled=len(labeled))
+            selection = select(strategy, ctx)
+            chosen_p = None if p is None else p[selection.indices]
         chosen = unlabeled[rows[selection.indices]]
 
         current = store.current_round()
@@ -1035,7 +1043,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clusteri
         keys = store.keys_by_id()
         rows = [QueryRow(keys[int(s)], rank + 1, float(selection.scores[rank]),
                          int(selection.clusters[rank]),
-                         None if p is None else p[selection.indices[rank]].tolist())
+                         None if chosen_p is None else chosen_p[rank].tolist())
                 for rank, s in enumerate(chosen)]
         write_query_csv(query_path, rows, project.classes)
         faults.point("query:file-written")
@@ -1168,6 +1176,49 @@ def _score_pool(project: Project, model_rec: Any, strategy: str, unlabeled: np.n
     else:
         h = np.zeros((len(unlabeled), 1), np.float32)
     return rows, h, p, labeled_h, labeled_y, candidates
+
+
+def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, budget: int,
+                    candidates: int | None, seed: int, share: float, dev: Any,
+                    batch_size: int) -> tuple[Any, np.ndarray | None]:
+    """``auto`` without holding the pool's features: its MGE+Clustering share comes from one
+    streamed pass that keeps only the top-m rows, its random share needs no features at all
+    (a weak model costs no pool pass), and probabilities are computed for the chosen images
+    only, for their suggestions. Picks exactly what ``select('auto')`` picks on the full
+    (h, p) (tested). Returns (selection over ``unlabeled``, probabilities of the chosen)."""
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer_top
+    from alft_cli.strategies import (
+        QueryContext,
+        Selection,
+        append_random,
+        select,
+        share_candidates,
+        uncertainty_share,
+    )
+
+    n = len(unlabeled)
+    k = min(budget, n)
+    k_u = uncertainty_share(share, budget, n, model_rec is not None)
+    cache = CachedImages(project.cache_path)
+    model = _scoring_model(project, model_rec) if model_rec is not None else None
+    first = Selection(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+    p_all = None
+    if k_u:
+        keep = _kept_rows("mge-clustering", k_u, share_candidates(k_u, candidates))
+        model.to(dev)
+        rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, _mge, keep, batch_size)
+        part = select("mge-clustering", QueryContext(
+            h=h, p=p_all[rows], budget=k_u, seed=seed,
+            candidates=min(keep, len(rows)) if len(rows) > k_u else None))
+        first = Selection(rows[part.indices], part.scores, part.clusters)
+    selection = append_random(first, n, k - k_u, seed)
+    if p_all is not None:
+        return selection, p_all[selection.indices]
+    if model is None:
+        return selection, None
+    _, p = _score(model, cache, unlabeled[selection.indices], dev, batch_size, with_p=True)
+    return selection, p
 
 
 def _mge(h: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -651,28 +651,51 @@ AUTO_F1_LOW = 0.70
 AUTO_F1_HIGH = 0.80
 
 
+def uncertainty_share(weight: float, budget: int, n: int, has_model: bool) -> int:
+    """How many of the batch (``min(budget, n)``) the uncertainty part of a mixed strategy
+    picks: ``round(weight * k)``, none without a model."""
+    return int(round(min(max(weight, 0.0), 1.0) * min(budget, n))) if has_model else 0
+
+
+def share_candidates(k_u: int, candidates: int | None) -> int | None:
+    """m for the uncertainty part of a mixed batch (more than its k_u picks)."""
+    return None if candidates is None else max(candidates, k_u + 1)
+
+
+def append_random(first: Selection, n: int, k_rest: int, seed: int) -> Selection:
+    """``first`` (rows of an n-row pool), then ``k_rest`` rows drawn uniformly among the
+    others - as :func:`_random` draws on the remaining rows, so a caller that never held the
+    pool's features (a streamed query) picks what the pure strategy picks."""
+    rest = np.setdiff1d(np.arange(n), first.indices)
+    k = min(k_rest, len(rest))
+    drawn = rest[np.random.default_rng(seed).choice(len(rest), size=k, replace=False)]
+    return _selection(np.concatenate([first.indices, drawn]),
+                      np.concatenate([first.scores, np.zeros(k)]),
+                      np.concatenate([first.clusters, np.full(k, -1)]))
+
+
+def _uncertainty_part(ctx: QueryContext, k_u: int) -> Selection:
+    if not k_u:
+        return _empty()
+    return _mge_clustering(replace(ctx, budget=k_u,
+                                   candidates=share_candidates(k_u, ctx.candidates)))
+
+
 def _mixed(ctx: QueryContext, weight: float, diversity: Callable[[QueryContext], Selection]
            ) -> Selection:
     """``round(weight * k)`` samples by mge-clustering, the rest by ``diversity`` among the
     samples not yet picked. Uncertainty picks come first in rank order."""
     k = min(ctx.budget, len(ctx.h))
-    k_u = int(round(min(max(weight, 0.0), 1.0) * k)) if ctx.p is not None else 0
-    picked = np.zeros(0, dtype=np.int64)
-    scores = np.zeros(0)
-    clusters = np.zeros(0, dtype=np.int64)
-    if k_u:
-        cand = None if ctx.candidates is None else max(ctx.candidates, k_u + 1)
-        first = _mge_clustering(replace(ctx, budget=k_u, candidates=cand))
-        picked, scores, clusters = first.indices, first.scores, first.clusters
-    if k - k_u:
-        rest = np.setdiff1d(np.arange(len(ctx.h)), picked)
-        sub = replace(ctx, h=ctx.h[rest], p=None if ctx.p is None else ctx.p[rest],
-                      budget=k - k_u)
-        second = diversity(sub)
-        picked = np.concatenate([picked, rest[second.indices]])
-        scores = np.concatenate([scores, second.scores])
-        clusters = np.concatenate([clusters, np.full(len(second.indices), -1)])
-    return _selection(picked, scores, clusters)
+    k_u = uncertainty_share(weight, ctx.budget, len(ctx.h), ctx.p is not None)
+    first = _uncertainty_part(ctx, k_u)
+    if k == k_u:
+        return first
+    rest = np.setdiff1d(np.arange(len(ctx.h)), first.indices)
+    sub = replace(ctx, h=ctx.h[rest], p=None if ctx.p is None else ctx.p[rest], budget=k - k_u)
+    second = diversity(sub)
+    return _selection(np.concatenate([first.indices, rest[second.indices]]),
+                      np.concatenate([first.scores, second.scores]),
+                      np.concatenate([first.clusters, np.full(len(second.indices), -1)]))
 
 
 def hybrid_weight(n_labeled: int | None) -> float:
@@ -702,7 +725,9 @@ def _hybrid(ctx: QueryContext) -> Selection:
 def _auto(ctx: QueryContext) -> Selection:
     """Random while the model is weak, MGE+Clustering once its validation F1 says it is good
     (the regime where the paper measured a gain), a mix in between."""
-    return _mixed(ctx, auto_weight(ctx.model_f1), _random)
+    k_u = uncertainty_share(auto_weight(ctx.model_f1), ctx.budget, len(ctx.h), ctx.p is not None)
+    return append_random(_uncertainty_part(ctx, k_u), len(ctx.h), min(ctx.budget, len(ctx.h))
+                         - k_u, ctx.seed)
 
 
 STRATEGIES: dict[str, Callable[[QueryContext], Selection]] = {

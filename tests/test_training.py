@@ -250,7 +250,7 @@ def test_query_under_torchrun_matches_one_process(trained):
     picked = []
     for launcher in (["-m", "torch.distributed.run", "--nproc_per_node=2",
                       "--master_port=29531", "-m", "alft_cli"], ["-m", "alft_cli"]):
-        for strategy in ("mge-clustering", "coreset"):
+        for strategy in ("mge-clustering", "coreset", "auto"):
             proc = subprocess.run(
                 [sys.executable, *launcher, "query", "-p", str(trained), "--budget", "5",
                  "--seed", "11", "--strategy", strategy, "--force", "--device", "cpu"],
@@ -261,5 +261,39 @@ def test_query_under_torchrun_matches_one_process(trained):
             p = open_project(trained)
             picked.append(p.store.queried_ids(p.store.current_round()))
             p.close()
-    assert picked[0] == picked[2] and picked[1] == picked[3]
+    assert picked[:3] == picked[3:]
     assert len(set(picked[0])) == 5
+
+
+def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
+    """auto queries without holding the pool's features (top-m pass for its MGE share, no
+    pass at all for its random share); every regime must equal select('auto') on the full
+    (h, p), and the suggestions must be the chosen images' probabilities."""
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer
+    from alft_cli.finetune import load_model
+    from alft_cli.project import open_project
+    from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW, QueryContext, select
+
+    p = open_project(trained)
+    labeled = set(p.store.labels())
+    unlabeled = np.array([int(i) for i in p.store.sample_ids("pool") if int(i) not in labeled])
+    model, _ = load_model(trained / p.store.rounds()[0].model_file)
+    cache = CachedImages(p.cache_path)
+    keys = p.store.keys_by_id()
+    p.close()
+    h, prob = infer(model, cache, unlabeled, torch.device("cpu"))
+    mid = AUTO_F1_LOW + 0.4 * (AUTO_F1_HIGH - AUTO_F1_LOW)
+    for f1 in (0.3, mid, 0.95):
+        monkeypatch.setattr(api, "_model_evidence", lambda *_, f1=f1: (f1, "test"))
+        expected = select("auto", QueryContext(h=h, p=prob, budget=6, seed=5, model_f1=f1))
+        r = api.query(trained, budget=6, strategy="auto", seed=5, force=True, device="cpu")
+        p = open_project(trained)
+        got = p.store.queried_ids(p.store.current_round())
+        p.close()
+        assert got == unlabeled[expected.indices].tolist(), f1
+        rows = list(csv.DictReader(open(r.query_file)))
+        for row, i in zip(rows, expected.indices):
+            assert row["filename"] == keys[int(unlabeled[i])]
+            assert float(row["p_" + api.status(trained)["classes"][0]]) == pytest.approx(
+                float(prob[i, 0]), abs=1e-4)
