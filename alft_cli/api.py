@@ -940,7 +940,7 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
 
 
-def query(project_dir: Path | str, *, budget: int, strategy: str = "mge-clustering",
+def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
           candidates: int | None = None, seed: int = 0, out: Path | str | None = None,
           fmt: str = "csv", force: bool = False, device: str = "auto",
           batch_size: int = 64, image_url_prefix: str | None = None) -> QueryResult | None:

@@ -295,10 +295,10 @@ def query(
     project: ProjectOpt,
     budget: Annotated[int, typer.Option("--budget", "-b", help="Images to select (B).")] = 20,
     strategy: Annotated[str, typer.Option(
-        help="mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
-             "typiclust | class-aware-mge | hybrid | auto (random while the model is weak, "
-             "MGE+Clustering once its val F1 - or, without val labels, the F1 of its last "
-             "suggestions - is high)")] = "mge-clustering",
+        help="auto (default: random while the model is weak, MGE+Clustering once its val F1 - "
+             "or, without val labels, the F1 of its last answered suggestions - is high) | "
+             "mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
+             "typiclust | class-aware-mge | hybrid")] = "auto",
     candidates: Annotated[int | None, typer.Option(
         help="m most uncertain images clustered by mge-clustering (default 3 x budget).")
     ] = None,

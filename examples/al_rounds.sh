@@ -14,7 +14,7 @@ finetune_opts=("$@")
 
 for ((i = 1; i <= rounds; i++)); do
   echo "== round $i: query $budget images"
-  alft query -p "$project" --budget "$budget" --strategy "${STRATEGY:-mge-clustering}"
+  alft query -p "$project" --budget "$budget" --strategy "${STRATEGY:-auto}"
   query=$(alft status -p "$project" --json | python3 -c \
     'import json,sys; print(json.load(sys.stdin)["rounds"][-1]["query_file"])')
   [[ "$query" = /* ]] || query="$project/$query"

@@ -141,7 +141,7 @@ def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     assert r.code == 0, r.stderr
     info = api.status(trained)
     q = info["rounds"][-1]
-    assert q["round"] == 1 and q["strategy"] == "mge-clustering" and q["pending"] == 6
+    assert q["round"] == 1 and q["strategy"] == "auto" and q["pending"] == 6  # the default
     rows = list(csv.DictReader(open(trained / q["query_file"])))
     names = [row["filename"] for row in rows]
     assert len(names) == len(set(names)) == 6
