@@ -155,7 +155,12 @@ def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     assert all(splits[ids[n]] == "pool" and ids[n] not in labeled for n in names)
     assert {"rank", "score", "cluster", "labels"} <= set(rows[0])
     assert any(k.startswith("p_") for k in rows[0])
-    assert sorted(int(row["cluster"]) for row in rows) == list(range(6))
+    # auto's MGE+Clustering picks carry their cluster (0..k-1), its random picks -1; the
+    # command says which evidence set the share.
+    assert "note: auto: validation micro-F1" in r.stdout, r.stdout
+    clustered = sorted(int(row["cluster"]) for row in rows if int(row["cluster"]) >= 0)
+    assert clustered == list(range(len(clustered)))
+    assert all(int(row["cluster"]) == -1 for row in rows[len(clustered):])
     # A second query while this one is pending needs --force; with it, the same seed
     # and model give the same images, and the round is replaced, not added.
     again = cli("query", "-p", trained, "--budget", "6", "--seed", "3", "--device", "cpu")
