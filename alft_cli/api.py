@@ -1396,10 +1396,10 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
              if isinstance(strategies, str) else list(strategies))
     pre = dict(pretrain or {})
     fin = {k: v for k, v in (finetune or {}).items() if v is not None}
-    if pre.get("epochs", 1) == 0:
-        fin.setdefault("init", "scratch")
-    else:
+    if pre.get("epochs", 1) != 0:
         fin.pop("backbone", None)  # the pretrained backbone decides
+    # Without pretraining, round 0 starts from random weights and later rounds still
+    # warm-start from the previous one: the same AL protocol as the pretrained routes.
     settings = SimulationSettings(
         archive=str(Path(archive).resolve()), labels=str(Path(labels).resolve()),
         strategies=names, seeds=_int_list(seeds, "--seeds", count_ok=True),

@@ -226,3 +226,22 @@ def test_report_refuses_simulations_that_are_not_paired(tmp_path, cli):
         assert r.code == 1 and message in r.stderr and "Traceback" not in r.stderr, (args, r)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_simulation_without_pretraining_still_warm_starts_rounds(tiny_archive, tmp_path):
+    # The no-pretraining route must follow the same AL protocol as the others: round 0 from
+    # random weights, every later round from the previous round's model.
+    out = tmp_path / "none"
+    api.simulate(tiny_archive.root, tiny_archive.labels_csv, out, strategies="random",
+                 seeds="1", initial=6, budget=4, max_labels=14, image_size=32, device="cpu",
+                 pretrain={"backbone": "resnet18", "epochs": 0},
+                 finetune={"epochs": 1, "batch_size": 8, "lr_step": 0, "backbone": "resnet18"},
+                 write_report=False)
+    project = open_project(out / "runs" / "s1" / "random" / "seed0")
+    try:
+        inits = [(r.train_config["init_used"], r.train_config["backbone"])
+                 for r in project.store.rounds()]
+    finally:
+        project.close()
+    assert inits == [("scratch", "resnet18"), ("previous (round 0)", "resnet18"),
+                     ("previous (round 1)", "resnet18")]
