@@ -1418,8 +1418,8 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
 
 
 def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]], *,
-           out: Path | str | None = None, split: str = "test", baseline: str | None = None
-           ) -> Any:
+           out: Path | str | None = None, split: str = "test", baseline: str | None = None,
+           seeds: str | None = None, strategies: str | None = None) -> Any:
     """Write learning curves, tables and plots for one folder, or compare several simulation
     folders (paths, or (name, path) pairs); see :mod:`alft_cli.report`."""
     from alft_cli.report import make_report
@@ -1430,7 +1430,10 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
     sources = [(item[0], Path(item[1])) if isinstance(item, tuple) else Path(item)
                for item in items]
     return make_report(sources if len(sources) > 1 else sources[0],
-                       Path(out) if out else None, split=split, baseline=baseline)
+                       Path(out) if out else None, split=split, baseline=baseline,
+                       seeds=_int_list(seeds, "--seeds") if seeds else None,
+                       strategies=[x.strip() for x in strategies.split(",") if x.strip()]
+                       if strategies else None)
 
 
 # --------------------------------------------------------------------------------------------

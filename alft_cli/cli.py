@@ -504,6 +504,11 @@ def report(
     baseline: Annotated[str | None, typer.Option(
         help="Paired differences against these runs (default: random; comparing folders: "
              "the first folder's random, e.g. byol:random).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Only these seeds, e.g. 0,1,2 (to compare folders on the seeds they share).")
+    ] = None,
+    strategies: Annotated[str | None, typer.Option(
+        help="Only these strategies, e.g. mge-clustering,random (or byol:random).")] = None,
 ) -> None:
     """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
 
@@ -514,7 +519,7 @@ def report(
     from alft_cli import api
 
     r = api.report([_named_source(s) for s in sources], out=out_dir, split=split,
-                   baseline=baseline)
+                   baseline=baseline, seeds=seeds, strategies=strategies)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")

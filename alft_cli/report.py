@@ -46,9 +46,12 @@ class ReportResult:
 
 
 def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | None = None,
-                split: str = "test", baseline: str | None = None) -> ReportResult:
+                split: str = "test", baseline: str | None = None,
+                seeds: list[int] | None = None, strategies: list[str] | None = None
+                ) -> ReportResult:
     """Write curves, tables and plots for a simulation or project folder, or compare several
-    simulation folders (a list of paths or of (name, path))."""
+    simulation folders (a list of paths or of (name, path)). ``seeds`` / ``strategies`` keep
+    only those runs (a strategy matches with or without its ``<source>:`` prefix)."""
     sources = _named_sources(source)
     if len(sources) > 1 and out is None:
         raise OptionError("comparing several folders: give --out DIR for the report")
@@ -59,10 +62,16 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
         if not mine:
             raise OptionError(f"{path}: no trained rounds with metrics yet (run alft simulate "
                               "or alft finetune with gold val/test labels)")
-        if len(sources) > 1:
-            for r in mine:
-                r["strategy"] = f"{name}:{r['strategy']}"
-        rows += mine
+        for r in mine:
+            bare = r["strategy"]
+            if len(sources) > 1:
+                r["strategy"] = f"{name}:{bare}"
+            if ((seeds is None or r["seed"] in seeds)
+                    and (strategies is None or bare in strategies
+                         or r["strategy"] in strategies)):
+                rows.append(r)
+    if not rows:
+        raise OptionError("no runs left after --seeds/--strategies")
     if baseline is None:
         baseline = "random" if len(sources) == 1 else f"{sources[0][0]}:random"
     elif baseline not in {r["strategy"] for r in rows}:

@@ -204,6 +204,18 @@ def test_report_compares_simulations_paired_by_seed(sim, tmp_path, cli):
     r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--baseline", "b:mge-clustering")
     assert r.code == 0, r.stderr
     assert "strategy minus b:mge-clustering" in (out / "curves.md").read_text()
+    # Only some runs: seed 1 of the random runs (bare name matches every source).
+    r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--seeds", "1",
+            "--strategies", "random")
+    assert r.code == 0, r.stderr
+    kept = {(row["strategy"], row["seed"]) for row in csv.DictReader(open(out / "rounds.csv"))}
+    assert kept == {("a:random", "1"), ("b:random", "1")}
+    r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--strategies", "a:mge-clustering")
+    assert r.code == 0 and "strategy minus" not in (out / "curves.md").read_text()
+    assert {row["strategy"] for row in csv.DictReader(open(out / "rounds.csv"))} == {
+        "a:mge-clustering"}
+    r = cli("report", str(sim), "-o", out, "--seeds", "7")
+    assert r.code == 1 and "no runs left" in r.stderr
 
 
 def test_report_refuses_simulations_that_are_not_paired(tmp_path, cli):
