@@ -1419,7 +1419,8 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
 
 def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]], *,
            out: Path | str | None = None, split: str = "test", baseline: str | None = None,
-           seeds: str | None = None, strategies: str | None = None) -> Any:
+           seeds: str | None = None, strategies: str | None = None,
+           scenarios: str | None = None) -> Any:
     """Write learning curves, tables and plots for one folder, or compare several simulation
     folders (paths, or (name, path) pairs); see :mod:`alft_cli.report`."""
     from alft_cli.report import make_report
@@ -1433,7 +1434,8 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
                        Path(out) if out else None, split=split, baseline=baseline,
                        seeds=_int_list(seeds, "--seeds") if seeds else None,
                        strategies=[x.strip() for x in strategies.split(",") if x.strip()]
-                       if strategies else None)
+                       if strategies else None,
+                       scenarios=_int_list(scenarios, "--scenario") if scenarios else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -509,6 +509,8 @@ def report(
     ] = None,
     strategies: Annotated[str | None, typer.Option(
         help="Only these strategies, e.g. mge-clustering,random (or byol:random).")] = None,
+    scenario: Annotated[str | None, typer.Option(help="Only these scenarios, e.g. 1,3.")
+                        ] = None,
 ) -> None:
     """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
 
@@ -519,7 +521,8 @@ def report(
     from alft_cli import api
 
     r = api.report([_named_source(s) for s in sources], out=out_dir, split=split,
-                   baseline=baseline, seeds=seeds, strategies=strategies)
+                   baseline=baseline, seeds=seeds, strategies=strategies,
+                   scenarios=scenario)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")

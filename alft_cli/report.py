@@ -47,11 +47,12 @@ class ReportResult:
 
 def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | None = None,
                 split: str = "test", baseline: str | None = None,
-                seeds: list[int] | None = None, strategies: list[str] | None = None
-                ) -> ReportResult:
+                seeds: list[int] | None = None, strategies: list[str] | None = None,
+                scenarios: list[int] | None = None) -> ReportResult:
     """Write curves, tables and plots for a simulation or project folder, or compare several
-    simulation folders (a list of paths or of (name, path)). ``seeds`` / ``strategies`` keep
-    only those runs (a strategy matches with or without its ``<source>:`` prefix)."""
+    simulation folders (a list of paths or of (name, path)). ``seeds`` / ``strategies`` /
+    ``scenarios`` keep only those runs (a strategy matches with or without its ``<source>:``
+    prefix)."""
     sources = _named_sources(source)
     if len(sources) > 1 and out is None:
         raise OptionError("comparing several folders: give --out DIR for the report")
@@ -67,11 +68,12 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
             if len(sources) > 1:
                 r["strategy"] = f"{name}:{bare}"
             if ((seeds is None or r["seed"] in seeds)
+                    and (scenarios is None or r["scenario"] in scenarios)
                     and (strategies is None or bare in strategies
                          or r["strategy"] in strategies)):
                 rows.append(r)
     if not rows:
-        raise OptionError("no runs left after --seeds/--strategies")
+        raise OptionError("no runs left after --seeds/--strategies/--scenario")
     if baseline is None:
         baseline = "random" if len(sources) == 1 else f"{sources[0][0]}:random"
     elif baseline not in {r["strategy"] for r in rows}:

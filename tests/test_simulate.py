@@ -206,10 +206,11 @@ def test_report_compares_simulations_paired_by_seed(sim, tmp_path, cli):
     assert "strategy minus b:mge-clustering" in (out / "curves.md").read_text()
     # Only some runs: seed 1 of the random runs (bare name matches every source).
     r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--seeds", "1",
-            "--strategies", "random")
+            "--strategies", "random", "--scenario", "3")
     assert r.code == 0, r.stderr
-    kept = {(row["strategy"], row["seed"]) for row in csv.DictReader(open(out / "rounds.csv"))}
-    assert kept == {("a:random", "1"), ("b:random", "1")}
+    kept = {(row["strategy"], row["seed"], row["scenario"])
+            for row in csv.DictReader(open(out / "rounds.csv"))}
+    assert kept == {("a:random", "1", "3"), ("b:random", "1", "3")}
     r = cli("report", f"a={sim}", f"b={sim}", "-o", out, "--strategies", "a:mge-clustering")
     assert r.code == 0 and "strategy minus" not in (out / "curves.md").read_text()
     assert {row["strategy"] for row in csv.DictReader(open(out / "rounds.csv"))} == {
