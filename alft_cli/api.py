@@ -999,8 +999,6 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
             distributed.init(dev)
             if dev.type == "cuda":
                 dev = torch_device("cuda", info.local_rank)
-        model_f1, evidence = (_model_evidence(project, model_rec) if model_rec
-                              else (None, "no model yet"))
         # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
         # for it before selecting (two threads importing one package can see it half-made).
         # auto selects inside its own pass, so it imports when it gets there.
@@ -1009,10 +1007,12 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         if strategy == "auto":
             from alft_cli.strategies import auto_weight
 
+            # Only auto looks at how good the model is (this may read the last query file).
+            model_f1, evidence = (_model_evidence(project, model_rec) if model_rec
+                                  else (None, "no model yet"))
             share = auto_weight(model_f1)
             selection, chosen_p = _auto_selection(project, model_rec, unlabeled, budget,
                                                   candidates, seed, share, dev, batch_size)
-            rows = np.arange(len(unlabeled))
             notes.append(f"auto: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
                          f"{1 - share:.0%} random")
         else:
@@ -1022,14 +1022,16 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
             importing.join()
         if not info.is_main:
             return None
-        if strategy != "auto":
+        if strategy == "auto":
+            chosen = unlabeled[selection.indices]
+        else:
             rows, h, p, labeled_h, labeled_y, candidates = scored
             ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
                                labeled_h=labeled_h, labeled_y=labeled_y,
-                               model_f1=model_f1, n_labeled=len(labeled))
+                               n_labeled=len(labeled))
             selection = select(strategy, ctx)
             chosen_p = None if p is None else p[selection.indices]
-        chosen = unlabeled[rows[selection.indices]]
+            chosen = unlabeled[rows[selection.indices]]
 
         current = store.current_round()
         cur_rec = store.round(current) if current is not None else None
@@ -1185,7 +1187,9 @@ def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, bud
     streamed pass that keeps only the top-m rows, its random share needs no features at all
     (a weak model costs no pool pass), and probabilities are computed for the chosen images
     only, for their suggestions. Picks exactly what ``select('auto')`` picks on the full
-    (h, p) (tested). Returns (selection over ``unlabeled``, probabilities of the chosen)."""
+    (h, p) (tested). Returns (selection over ``unlabeled``, probabilities of the chosen);
+    under torchrun the other ranks take part in the passes and return (None, None)."""
+    from alft_cli import distributed
     from alft_cli.data import CachedImages
     from alft_cli.embed import infer_top
     from alft_cli.strategies import (
@@ -1208,6 +1212,8 @@ def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, bud
         keep = _kept_rows("mge-clustering", k_u, share_candidates(k_u, candidates))
         model.to(dev)
         rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, _mge, keep, batch_size)
+        if not distributed.env_info().is_main:
+            return None, None  # only rank 0 received the top rows
         part = select("mge-clustering", QueryContext(
             h=h, p=p_all[rows], budget=k_u, seed=seed,
             candidates=min(keep, len(rows)) if len(rows) > k_u else None))

@@ -302,3 +302,38 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
             assert row["filename"] == keys[int(unlabeled[i])]
             assert float(row["p_" + api.status(trained)["classes"][0]]) == pytest.approx(
                 float(prob[i, 0]), abs=1e-4)
+
+
+AUTO_WRAPPER = """import sys
+from alft_cli import api
+f1 = float(sys.argv.pop(1))
+api._model_evidence = lambda *_: (f1, "evidence forced by the test")
+from alft_cli.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_auto_under_torchrun_matches_one_process_in_every_regime(trained, tmp_path):
+    """auto's MGE share comes from a streamed pass whose top rows only rank 0 receives; the
+    other ranks must take part in the pass and leave the selection to rank 0. The evidence
+    is forced (0.95: all MGE+Clustering, 0.75: mixed), since a tiny model's own val F1 would
+    only ever reach the random regime."""
+    wrapper = tmp_path / "auto_with_evidence.py"
+    wrapper.write_text(AUTO_WRAPPER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALFT_LOCK_TIMEOUT": "1"}
+    for f1 in ("0.95", "0.75"):
+        picked = []
+        for launcher in (["-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=29532"], []):
+            proc = subprocess.run(
+                [sys.executable, *launcher, str(wrapper), f1, "query", "-p", str(trained),
+                 "--budget", "5", "--seed", "11", "--strategy", "auto", "--force",
+                 "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            from alft_cli.project import open_project
+
+            p = open_project(trained)
+            picked.append(p.store.queried_ids(p.store.current_round()))
+            p.close()
+        assert picked[0] == picked[1] and len(set(picked[0])) == 5, f1
