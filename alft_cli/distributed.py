@@ -7,6 +7,7 @@ the others compute and exchange gradients/results only.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ def init(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
+        # A rank that exits with its process group alive can abort in the backend's thread
+        # teardown ("terminate called without an active exception", SIGABRT): close it first.
+        atexit.register(shutdown)
     return info
 
 
