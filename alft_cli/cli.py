@@ -1,6 +1,8 @@
 """The `alft` command line: parse options, make one `api` call, print a short summary.
 
 No torch here: commands stay quick to start and the core stays importable without the CLI.
+One idea, kept in one file past ~600 lines on purpose: every command's options and help are
+the CLI's contract, and reading them side by side is how they stay consistent.
 """
 
 from __future__ import annotations
@@ -461,9 +463,9 @@ def simulate(
 
     Example:  alft simulate ucm/images --labels ucm/labels.csv -o sim --seeds 3 --scenario 1,2,3
     """
-    from alft_cli import api
+    from alft_cli.experiments import api as experiments
 
-    r = api.simulate(
+    r = experiments.simulate(
         archive, labels, out_dir, strategies=strategies, seeds=seeds, scenarios=scenario,
         initial=initial, budget=budget, max_labels=max_labels, val_fraction=val_fraction,
         test_fraction=test_fraction, image_size=image_size, full_supervision=full_supervision,
@@ -518,11 +520,11 @@ def report(
 
     Compare simulations (e.g. pretraining routes):  alft report byol=sim-a noisy=sim-b -o cmp/
     """
-    from alft_cli import api
+    from alft_cli.experiments import api as experiments
 
-    r = api.report([_named_source(s) for s in sources], out=out_dir, split=split,
-                   baseline=baseline, seeds=seeds, strategies=strategies,
-                   scenarios=scenario)
+    r = experiments.report([_named_source(s) for s in sources], out=out_dir, split=split,
+                           baseline=baseline, seeds=seeds, strategies=strategies,
+                           scenarios=scenario)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")

@@ -23,6 +23,9 @@ Baselines: random, entropy, BADGE (Ash et al., ICLR 2020), core-set (Sener & Sav
 All of them are multi-label: ``p`` holds one independent sigmoid probability per class.
 Memory stays bounded by working on row blocks, so pools of 100k samples with 1024-d features
 never create an extra N x D (or N x C*D) array.
+
+One registry of pure functions, kept in one module on purpose (it is the one place to compare
+the strategies); the scoring pass around them lives in :mod:`alft_cli.scoring`.
 """
 
 from __future__ import annotations

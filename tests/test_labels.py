@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alft_cli import labels as lb
 from alft_cli.errors import LabelFileError, OptionError
 from alft_cli.labels import (
     LabelRow,
@@ -24,6 +23,7 @@ from alft_cli.labels import (
     write_labels_csv,
     write_query_csv,
 )
+from alft_cli.labels import labelstudio as lb
 
 LS_DIR = Path(__file__).parent / "data" / "label_studio"
 CLASSES = ["airplane", "bare-soil", "buildings", "cars", "water"]

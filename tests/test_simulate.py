@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from alft_cli import api, simulate
+from alft_cli import api
+from alft_cli.experiments import api as experiments
+from alft_cli.experiments import simulate
 from alft_cli.project import open_project
 from alft_cli.store import decode_y
 
@@ -22,7 +24,7 @@ def sim(tiny_archive, tmp_path_factory):
     # The tiny pool (30 images) cannot lose 20/40 images per class; scale scenario 3 down.
     mp.setattr(simulate, "SCENARIO_REMOVALS", {1: 0, 2: 2, 3: 3})
     try:
-        api.simulate(tiny_archive.root, tiny_archive.labels_csv, out,
+        experiments.simulate(tiny_archive.root, tiny_archive.labels_csv, out,
                      strategies=",".join(STRATEGIES), seeds="2", scenarios="1,3", initial=6,
                      budget=4, max_labels=14, image_size=32, full_supervision=True,
                      device="cpu",
@@ -245,7 +247,7 @@ def test_simulation_without_pretraining_still_warm_starts_rounds(tiny_archive, t
     # The no-pretraining route must follow the same AL protocol as the others: round 0 from
     # random weights, every later round from the previous round's model.
     out = tmp_path / "none"
-    api.simulate(tiny_archive.root, tiny_archive.labels_csv, out, strategies="random",
+    experiments.simulate(tiny_archive.root, tiny_archive.labels_csv, out, strategies="random",
                  seeds="1", initial=6, budget=4, max_labels=14, image_size=32, device="cpu",
                  pretrain={"backbone": "resnet18", "epochs": 0},
                  finetune={"epochs": 1, "batch_size": 8, "lr_step": 0, "backbone": "resnet18"},

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from alft_cli import api
+from alft_cli import api, scoring
 from alft_cli.checkpoints import load_safe
 from alft_cli.errors import OptionError
 from alft_cli.training import GracefulStop
@@ -290,7 +290,7 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
     h, prob = infer(model, cache, unlabeled, torch.device("cpu"))
     mid = AUTO_F1_LOW + 0.4 * (AUTO_F1_HIGH - AUTO_F1_LOW)
     for f1 in (0.3, mid, 0.95):
-        monkeypatch.setattr(api, "_model_evidence", lambda *_, f1=f1: (f1, "test"))
+        monkeypatch.setattr(scoring, "model_evidence", lambda *_, f1=f1: (f1, "test"))
         expected = select("auto", QueryContext(h=h, p=prob, budget=6, seed=5, model_f1=f1))
         r = api.query(trained, budget=6, strategy="auto", seed=5, force=True, device="cpu")
         p = open_project(trained)
@@ -305,9 +305,9 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
 
 
 AUTO_WRAPPER = """import sys
-from alft_cli import api
+from alft_cli import scoring
 f1 = float(sys.argv.pop(1))
-api._model_evidence = lambda *_: (f1, "evidence forced by the test")
+scoring.model_evidence = lambda *_: (f1, "evidence forced by the test")
 from alft_cli.cli import main
 main()
 """

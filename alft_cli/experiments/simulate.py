@@ -180,8 +180,8 @@ def _pretrain_for(out: Path, base: Path, s: SimulationSettings, seed: int,
         pre.pop("noisy_flip", None)
     if api.status(source)["pretrained"] is not None:
         return source, None
-    from alft_cli.api import SUPERVISED_BACKBONE
     from alft_cli.pretrain import CHECKPOINT
+    from alft_cli.routes import SUPERVISED_BACKBONE
 
     resume = any((source / "pretrain" / f).exists() for f in (CHECKPOINT, SUPERVISED_BACKBONE))
     reporter().info(f"simulate: pretraining ({pre.get('method', 'byol')}) in {source.name}"

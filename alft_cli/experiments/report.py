@@ -18,7 +18,6 @@ and initial set depend only on its seed and the protocol, which must agree.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import defaultdict
@@ -30,7 +29,8 @@ import numpy as np
 
 from alft_cli.atomic import atomic_open, atomic_write_text
 from alft_cli.errors import OptionError
-from alft_cli.simulate import collect, write_rows_csv
+from alft_cli.experiments.simulate import collect, write_rows_csv
+from alft_cli.labels.base import csv_text
 
 METRICS = ("test_micro_f1", "test_macro_f1")
 # What pairs runs of different simulations seed by seed (see simulate._create_run).
@@ -197,16 +197,6 @@ def paired_differences(rows: list[dict[str, Any]], metrics: tuple[str, ...],
     return out
 
 
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _fmt(value: Any) -> Any:
     return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else (
         "" if isinstance(value, float) else value)
@@ -221,7 +211,7 @@ def _write_curves_csv(curves: dict, metrics: tuple[str, ...], path: Path) -> lis
         for p in points:
             body.append([scenario, strategy, p["labeled"], p["n"]] + [
                 _fmt(p[f"{m}_{s}"]) for m in metrics for s in ("mean", "std")])
-    atomic_write_text(path, _csv_text(header, body))
+    atomic_write_text(path, csv_text(header, body))
     return [path]
 
 
@@ -230,7 +220,7 @@ def _write_paired_csv(paired: list[dict[str, Any]], path: Path) -> list[Path]:
         atomic_write_text(path, "")
         return [path]
     header = list(paired[0])
-    atomic_write_text(path, _csv_text(header, [[_fmt(p[h]) for h in header] for p in paired]))
+    atomic_write_text(path, csv_text(header, [[_fmt(p[h]) for h in header] for p in paired]))
     return [path]
 
 
@@ -246,7 +236,7 @@ def _write_class_hist(rows: list[dict[str, Any]], path: Path) -> list[Path]:
     hist = _class_hist(rows)
     classes = list(next(iter(hist.values())))
     body = [[s, st, r] + [f"{v[c]:.2f}" for c in classes] for (s, st, r), v in hist.items()]
-    atomic_write_text(path, _csv_text(["scenario", "strategy", "round", *classes], body))
+    atomic_write_text(path, csv_text(["scenario", "strategy", "round", *classes], body))
     return [path]
 
 

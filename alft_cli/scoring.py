@@ -1,0 +1,294 @@
+"""Pool scoring and selection: what ``alft query`` picks, and from which evidence.
+
+:func:`choose` runs the one inference pass a strategy needs over the unlabeled pool and hands
+its features h and probabilities p to the pure strategy (:mod:`alft_cli.strategies`).
+Strategies that only ever pick among the top rows of a per-sample score (mge, entropy,
+mge-clustering's top-m) are scored in one streaming pass that keeps features for those rows
+only, so memory does not grow with the pool. ``auto`` looks at how good the model is
+(:func:`model_evidence`: validation F1, or without val labels how well its last suggestions
+matched the labels people gave) and mixes MGE+Clustering with random draws accordingly.
+Under torchrun every rank scores a shard of the pool and only rank 0 selects.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alft_cli.errors import OptionError
+from alft_cli.project import Project
+from alft_cli.store import decode_y
+
+
+@dataclass
+class Choice:
+    """The images a query picked, in rank order (sample ids), and why."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    clusters: np.ndarray
+    probabilities: np.ndarray | None  # of the chosen images (their suggestions), or None
+    notes: list[str] = field(default_factory=list)
+
+
+def rank_device(dev: Any) -> Any:
+    """Under torchrun: join the process group; each rank scores on its own GPU."""
+    from alft_cli import distributed
+
+    info = distributed.env_info()
+    if not info.enabled:
+        return dev
+    distributed.init(dev)
+    if dev.type == "cuda":
+        import torch
+
+        return torch.device("cuda", info.local_rank)
+    return dev
+
+
+def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarray,
+           labeled: set[int], budget: int, candidates: int | None, seed: int, dev: Any,
+           batch_size: int) -> Choice | None:
+    """Pick ``budget`` of the ``unlabeled`` sample ids with ``strategy``.
+
+    ``model_rec`` is the round whose model scores the pool (None before any fine-tuning:
+    the pretrained backbone gives features, and there are no probabilities). Returns None
+    on torchrun ranks other than 0, which only take part in the scoring pass.
+    """
+    from alft_cli import distributed
+    from alft_cli.strategies import QueryContext, auto_weight, select
+
+    # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
+    # for it before selecting (two threads importing one package can see it half-made).
+    # auto selects inside its own pass, so it imports when it gets there.
+    importing = (_import_in_background("sklearn.cluster")
+                 if strategy not in ("random", "auto") else None)
+    notes: list[str] = []
+    if strategy == "auto":
+        # Only auto looks at how good the model is (this may read the last query file).
+        model_f1, evidence = (model_evidence(project, model_rec) if model_rec
+                              else (None, "no model yet"))
+        share = auto_weight(model_f1)
+        selection, chosen_p = _auto_selection(project, model_rec, unlabeled, budget,
+                                              candidates, seed, share, dev, batch_size)
+        notes.append(f"auto: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
+                     f"{1 - share:.0%} random")
+    else:
+        rows, h, p, labeled_h, labeled_y, candidates = _score_pool(
+            project, model_rec, strategy, unlabeled, labeled, budget, candidates, dev,
+            batch_size)
+    if importing is not None:
+        importing.join()
+    if not distributed.env_info().is_main:
+        return None
+    if strategy == "auto":
+        chosen = unlabeled[selection.indices]
+    else:
+        ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
+                           labeled_h=labeled_h, labeled_y=labeled_y, n_labeled=len(labeled))
+        selection = select(strategy, ctx)
+        chosen_p = None if p is None else p[selection.indices]
+        chosen = unlabeled[rows[selection.indices]]
+    return Choice(chosen, np.asarray(selection.scores), np.asarray(selection.clusters),
+                  chosen_p, notes)
+
+
+# Fewer answered suggestions than this say too little about a model to steer `auto`.
+MIN_SUGGESTIONS_FOR_EVIDENCE = 10
+
+
+def model_evidence(project: Project, model_rec: Any) -> tuple[float | None, str]:
+    """How good the current model is, from what is known at query time (never test labels):
+    its validation micro-F1 when the project has gold val labels; otherwise the micro-F1 of
+    the latest query's suggestions (p >= 0.5, written by an earlier model) against the labels
+    people gave those images since - out-of-sample for the model that suggested them, and a
+    round behind the current one, so it errs on the cautious side."""
+    val = (model_rec.metrics or {}).get("val") or {}
+    if val.get("micro_f1") is not None:
+        return float(val["micro_f1"]), (f"validation micro-F1 {val['micro_f1']:.3f} of "
+                                        f"round {model_rec.round}'s model")
+    store = project.store
+    labels = store.labels()
+    ids = store.ids_by_key()
+    classes = project.classes
+    for rec in reversed(store.rounds()):
+        if rec.model_round is None or not rec.query_file:
+            continue
+        suggested = _suggestions(project.resolve(rec.query_file), classes)
+        answered = [(decode_y(labels[ids[k]]), p) for k, p in suggested.items()
+                    if k in ids and ids[k] in labels]
+        if len(answered) < MIN_SUGGESTIONS_FOR_EVIDENCE:
+            continue
+        from alft_cli.metrics import multilabel_metrics
+
+        y_true = np.stack([y for y, _ in answered])
+        y_score = np.stack([p for _, p in answered])
+        f1 = float(multilabel_metrics(y_true, y_score, classes)["micro_f1"])
+        return f1, (f"no validation labels; round {rec.model_round}'s suggestions on the "
+                    f"{len(answered)} images of round {rec.round}'s query reached micro-F1 "
+                    f"{f1:.3f} against the labels given")
+    return None, "no validation labels and no answered model suggestions yet"
+
+
+def _suggestions(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """filename -> probabilities from a query file's p_<class> columns ({} if unreadable)."""
+    columns = [f"p_{c}" for c in classes]
+    out: dict[str, np.ndarray] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if all(row.get(c) not in (None, "") for c in columns):
+                    out[row["filename"]] = np.array([float(row[c]) for c in columns])
+    except (OSError, ValueError, KeyError, csv.Error):
+        return {}
+    return out
+
+
+def _score_pool(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarray,
+                labeled: set[int], budget: int, candidates: int | None, dev: Any,
+                batch_size: int) -> tuple:
+    """One inference pass over the unlabeled pool: what the strategy looks at.
+
+    Returns (rows, h, p, labeled_h, labeled_y, candidates); ``rows`` index ``unlabeled``
+    (all of them, or only the top-m kept by a streamed pass).
+    """
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer_top
+
+    store = project.store
+    cache = CachedImages(project.cache_path)
+    model = scoring_model(project, model_rec) if strategy != "random" else None
+    h = p = labeled_h = labeled_y = None
+    rows = np.arange(len(unlabeled))
+    if model is not None and model_rec is not None and strategy in STREAMED:
+        # Only the top-m rows by score can be chosen: keep just their features.
+        keep = _kept_rows(strategy, budget, candidates)
+        model.to(dev)
+        rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, STREAMED[strategy], keep,
+                                      batch_size)
+        p = p_all[rows]
+        if strategy == "mge-clustering":
+            candidates = min(keep, len(rows)) if len(rows) > budget else None
+    elif model is not None:
+        h, p = _score(model, cache, unlabeled, dev, batch_size, with_p=model_rec is not None)
+        if strategy in ("coreset", "typiclust", "hybrid") and labeled:
+            lab_ids, labeled_y = store.labeled_arrays()
+            labeled_h, _ = _score(model, cache, lab_ids, dev, batch_size, with_p=False)
+        elif strategy == "class-aware-mge":
+            _, labeled_y = store.labeled_arrays()
+    else:
+        h = np.zeros((len(unlabeled), 1), np.float32)
+    return rows, h, p, labeled_h, labeled_y, candidates
+
+
+def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, budget: int,
+                    candidates: int | None, seed: int, share: float, dev: Any,
+                    batch_size: int) -> tuple[Any, np.ndarray | None]:
+    """``auto`` without holding the pool's features: its MGE+Clustering share comes from one
+    streamed pass that keeps only the top-m rows, its random share needs no features at all
+    (a weak model costs no pool pass), and probabilities are computed for the chosen images
+    only, for their suggestions. Picks exactly what ``select('auto')`` picks on the full
+    (h, p) (tested). Returns (selection over ``unlabeled``, probabilities of the chosen);
+    under torchrun the other ranks take part in the passes and return (None, None)."""
+    from alft_cli import distributed
+    from alft_cli.data import CachedImages
+    from alft_cli.embed import infer_top
+    from alft_cli.strategies import (
+        QueryContext,
+        Selection,
+        append_random,
+        select,
+        share_candidates,
+        uncertainty_share,
+    )
+
+    n = len(unlabeled)
+    k = min(budget, n)
+    k_u = uncertainty_share(share, budget, n, model_rec is not None)
+    cache = CachedImages(project.cache_path)
+    model = scoring_model(project, model_rec) if model_rec is not None else None
+    first = Selection(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+    p_all = None
+    if k_u:
+        keep = _kept_rows("mge-clustering", k_u, share_candidates(k_u, candidates))
+        model.to(dev)
+        rows, h, p_all, _ = infer_top(model, cache, unlabeled, dev, _mge, keep, batch_size)
+        if not distributed.env_info().is_main:
+            return None, None  # only rank 0 received the top rows
+        part = select("mge-clustering", QueryContext(
+            h=h, p=p_all[rows], budget=k_u, seed=seed,
+            candidates=min(keep, len(rows)) if len(rows) > k_u else None))
+        first = Selection(rows[part.indices], part.scores, part.clusters)
+    selection = append_random(first, n, k - k_u, seed)
+    if p_all is not None:
+        return selection, p_all[selection.indices]
+    if model is None:
+        return selection, None
+    _, p = _score(model, cache, unlabeled[selection.indices], dev, batch_size, with_p=True)
+    return selection, p
+
+
+def _mge(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    from alft_cli.strategies import mge_scores
+
+    return mge_scores(h, p)
+
+
+def _entropy(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    from alft_cli.strategies import entropy_scores
+
+    return entropy_scores(p)
+
+
+# Strategies that only ever pick among the top rows of a per-sample score: the pool is
+# scored in one streaming pass that keeps features for those rows only.
+STREAMED = {"mge-clustering": _mge, "mge": _mge, "entropy": _entropy}
+
+
+def _kept_rows(strategy: str, budget: int, candidates: int | None) -> int:
+    from alft_cli.strategies import CANDIDATE_FACTOR
+
+    if strategy == "mge-clustering":
+        return candidates if candidates is not None else CANDIDATE_FACTOR * budget
+    return budget
+
+
+def _import_in_background(module: str) -> Any:
+    import importlib
+    import threading
+
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
+
+
+def scoring_model(project: Project, model_rec: Any) -> Any:
+    """The latest round's classifier, or (before any) the pretrained backbone for features."""
+    from alft_cli.finetune import load_model
+    from alft_cli.routes import pretrained_classifier
+
+    if model_rec is not None:
+        model, _ = load_model(project.resolve(model_rec.model_file))
+        return model
+    pretrained = json.loads(project.store.get_meta("pretrained") or "null")
+    if pretrained is None:
+        raise OptionError("no trained model and no pretrained backbone to take features "
+                          "from: run alft pretrain (or use --strategy random)")
+    return pretrained_classifier(project, pretrained)
+
+
+def _score(model: Any, cache: Any, ids: np.ndarray, device: Any, batch_size: int,
+           with_p: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from alft_cli.embed import infer
+
+    model.to(device)
+    h, p = infer(model, cache, ids, device, batch_size, probabilities=with_p)
+    return h, p
+
+
+# --------------------------------------------------------------------------------------------

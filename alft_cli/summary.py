@@ -1,0 +1,73 @@
+"""What ``alft status`` shows: the project's splits, labels, pending queries, rounds with their
+metrics, and the suggested next command. The keys are a contract (README, "Scripting against
+alft"): extend them, never rename them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from alft_cli import __version__
+from alft_cli.project import Project
+
+
+def summarize(project: Project) -> dict[str, Any]:
+    """The status summary of an open project (read-only)."""
+    store = project.store
+    keys = store.keys_by_id()
+    label_ids, label_y = store.labeled_arrays()
+    label_rounds = store.label_rounds()
+    pending = store.pending()
+    rounds = []
+    for rec in store.rounds():
+        labeled_in_round = sum(1 for r in label_rounds.values() if r <= rec.round)
+        rounds.append({
+            "round": rec.round,
+            "labeled": rec.trained_on if rec.trained_on is not None else labeled_in_round,
+            "strategy": rec.strategy,
+            "metrics": rec.metrics or {},
+            "queried": rec.budget,
+            "pending": sum(1 for r, _ in pending if r == rec.round),
+            "query_file": rec.query_file,
+            "model": rec.model_file,
+            "model_round": rec.model_round,
+            "created_at": rec.created_at,
+            "trained_at": rec.trained_at,
+        })
+    class_counts = (label_y.sum(0).astype(int).tolist() if len(label_ids)
+                    else [0] * len(project.classes))
+    pretrained = store.get_meta("pretrained")
+    info = {
+        "project": str(project.root),
+        "alft_version": __version__,
+        "archive": project.config.archive,
+        "classes": project.classes,
+        "image_size": project.config.image_size,
+        "splits": store.split_counts(),
+        "labeled": len(label_ids),
+        "pending": [keys[s] for _, s in pending],
+        "skipped": len(store.skipped()),
+        "class_counts": dict(zip(project.classes, class_counts)),
+        "rounds": rounds,
+        "pretrained": json.loads(pretrained) if pretrained else None,
+        "next": _next_step(project, len(label_ids), pending, rounds, pretrained),
+    }
+    return info
+
+
+def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict],
+               pretrained: str | None) -> str:
+    p = str(project.root)
+    if pending:
+        first = rounds[-1]["query_file"] if rounds else None
+        return (f"label the {len(pending)} pending images"
+                + (f" listed in {first}" if first else "")
+                + f", then: alft import-labels FILE -p {p}")
+    if pretrained is None and labeled == 0:
+        return f"alft pretrain -p {p}   (or import labels for the initial set)"
+    if rounds and rounds[-1]["model"] is None and labeled:
+        return f"alft finetune -p {p}"
+    if labeled:
+        return f"alft query -p {p} --budget 20"
+    return f"alft query -p {p} --budget 20 --strategy kmeans"

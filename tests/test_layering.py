@@ -1,0 +1,79 @@
+"""The module layering of issue #13: no import cycle anywhere in alft_cli (imports inside
+functions count too), the experiments sit above the face (only the CLI imports them), and
+the CLI talks to the core through the faces only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "alft_cli"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from alft_cli import api` names a module; `from alft_cli.x import f` does not
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for target in targets:
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def test_graph_sees_function_level_imports():
+    graph = import_graph()
+    assert "alft_cli.routes" in graph["alft_cli.api"]  # imported inside pretrain()
+    assert "alft_cli.experiments.simulate" in graph["alft_cli.experiments.api"]
+
+
+def test_no_import_cycle_in_alft_cli():
+    graph = import_graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt.startswith(node + "."):
+                continue  # a package importing its own submodules (re-exports) is no cycle
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_only_the_cli_imports_the_experiments():
+    graph = import_graph()
+    importers = {m for m, deps in graph.items()
+                 if any(d.startswith("alft_cli.experiments") for d in deps)
+                 and not m.startswith("alft_cli.experiments")}
+    assert importers == {"alft_cli.cli"}
+
+
+def test_the_cli_calls_only_the_faces():
+    core = {d for d in import_graph()["alft_cli.cli"]
+            if d not in ("alft_cli.api", "alft_cli.experiments.api", "alft_cli.experiments")}
+    # errors and progress are how the CLI reports; nothing that trains or scores.
+    assert core <= {"alft_cli", "alft_cli.errors", "alft_cli.progress"}, core
