@@ -423,7 +423,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
     from alft_cli import distributed
     from alft_cli.data import resolve_device
     from alft_cli.scoring import choose, rank_device
-    from alft_cli.strategies import NEEDS_MODEL, STRATEGIES
+    from alft_cli.strategies import NEEDS_MODEL, STRATEGIES, round_seed
 
     if budget < 1:
         raise OptionError(f"--budget {budget}: must be at least 1")
@@ -462,14 +462,6 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         if strategy in NEEDS_MODEL and model_rec is None:
             raise OptionError(f"--strategy {strategy} needs a trained model: run alft "
                               "finetune first (or use --strategy random, kmeans or typiclust)")
-        dev = rank_device(resolve_device(device))
-        choice = choose(project, model_rec, strategy, unlabeled, labeled, budget, candidates,
-                        seed, dev, batch_size)
-        if choice is None:
-            return None  # a torchrun rank other than 0: it only helped score the pool
-        notes += choice.notes
-        chosen = choice.ids
-
         current = store.current_round()
         cur_rec = store.round(current) if current is not None else None
         # A round whose query nobody answered yet (no labels, no model) is replaced rather
@@ -477,6 +469,16 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         reuse = (cur_rec is not None and cur_rec.model_file is None
                  and current not in set(store.label_rounds().values()))
         new_round = current if reuse else (0 if current is None else current + 1)
+        dev = rank_device(resolve_device(device))
+        # Every draw of a round comes from (seed, round): the same command in the next round
+        # draws afresh, the same round with the same seed repeats its query.
+        choice = choose(project, model_rec, strategy, unlabeled, labeled, budget, candidates,
+                        round_seed(seed, new_round), dev, batch_size)
+        if choice is None:
+            return None  # a torchrun rank other than 0: it only helped score the pool
+        notes += choice.notes
+        chosen = choice.ids
+
         query_path = Path(out) if out else fresh_path(project.round_dir(new_round) /
                                                        "query.csv")
         keys = store.keys_by_id()

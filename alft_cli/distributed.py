@@ -52,8 +52,21 @@ def init(device: torch.device) -> DistInfo:
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together: a rank that destroyed its group while another still
+    used it aborted now and then (gloo, SIGABRT), so every rank first waits for the others
+    (bounded, so a rank that died does not hang the rest)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            from datetime import timedelta
+
+            dist.monitored_barrier(timeout=timedelta(seconds=120))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer is gone; leaving is all that is left to do
+        pass
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

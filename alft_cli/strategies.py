@@ -441,6 +441,18 @@ def _entropy(ctx: QueryContext) -> Selection:
     return _top_k(entropy_scores(ctx.p), ctx.budget)
 
 
+def round_seed(seed: int, round_: int) -> int:
+    """The seed of every draw in one round: a hash of (seed, round).
+
+    A query's random draws take positions in the id-sorted list of unlabeled images. With one
+    seed for every round, the next round (the same list minus a few) drew the neighbours of
+    the previous picks: seven rounds of the plain command covered 16 of UC Merced's 21 class
+    folders where independent draws covered 19 after three. Mixing in the round makes rounds
+    independent while the same round and seed still repeat the same query.
+    """
+    return int(np.random.SeedSequence([int(seed), int(round_)]).generate_state(1)[0])
+
+
 def _random(ctx: QueryContext) -> Selection:
     """Uniform sampling without replacement: the baseline every AL curve is compared to."""
     n = len(ctx.h)

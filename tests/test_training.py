@@ -228,7 +228,7 @@ def test_streamed_pool_scoring_picks_what_the_full_pass_picks(trained):
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
     from alft_cli.project import open_project
-    from alft_cli.strategies import QueryContext, select
+    from alft_cli.strategies import QueryContext, round_seed, select
 
     p = open_project(trained)
     labeled = set(p.store.labels())
@@ -238,9 +238,9 @@ def test_streamed_pool_scoring_picks_what_the_full_pass_picks(trained):
     p.close()
     h, prob = infer(model, cache, unlabeled, torch.device("cpu"))
     for strategy in ("mge-clustering", "mge", "entropy"):
-        expected = unlabeled[select(strategy, QueryContext(h=h, p=prob, budget=5,
-                                                           seed=7)).indices]
-        api.query(trained, budget=5, strategy=strategy, seed=7, force=True, device="cpu")
+        r = api.query(trained, budget=5, strategy=strategy, seed=7, force=True, device="cpu")
+        expected = unlabeled[select(strategy, QueryContext(
+            h=h, p=prob, budget=5, seed=round_seed(7, r.round))).indices]
         p = open_project(trained)
         got = p.store.queried_ids(p.store.current_round())
         p.close()
@@ -278,7 +278,13 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
     from alft_cli.project import open_project
-    from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW, QueryContext, select
+    from alft_cli.strategies import (
+        AUTO_F1_HIGH,
+        AUTO_F1_LOW,
+        QueryContext,
+        round_seed,
+        select,
+    )
 
     p = open_project(trained)
     labeled = set(p.store.labels())
@@ -291,8 +297,9 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
     mid = AUTO_F1_LOW + 0.4 * (AUTO_F1_HIGH - AUTO_F1_LOW)
     for f1 in (0.3, mid, 0.95):
         monkeypatch.setattr(scoring, "model_evidence", lambda *_, f1=f1: (f1, "test"))
-        expected = select("auto", QueryContext(h=h, p=prob, budget=6, seed=5, model_f1=f1))
         r = api.query(trained, budget=6, strategy="auto", seed=5, force=True, device="cpu")
+        expected = select("auto", QueryContext(h=h, p=prob, budget=6,
+                                               seed=round_seed(5, r.round), model_f1=f1))
         p = open_project(trained)
         got = p.store.queried_ids(p.store.current_round())
         p.close()

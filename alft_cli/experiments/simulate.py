@@ -225,8 +225,10 @@ def _advance(run: Path, base: Path, pretrained: Path | None, s: SimulationSettin
     if dry:
         return "query"
     budget = min(s.budget, s.max_labels - info["labeled"])
-    api.query(run, budget=budget, strategy=strategy, seed=seed + 1000 * len(info["rounds"]),
-              candidates=s.candidates, device=s.device)
+    # The run's seed, as a user would give it: query derives each round's draws from
+    # (seed, round), so a study measures exactly what the plain command does.
+    api.query(run, budget=budget, strategy=strategy, seed=seed, candidates=s.candidates,
+              device=s.device)
     return "query"
 
 
