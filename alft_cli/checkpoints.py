@@ -14,9 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from alft_cli.errors import CheckpointError
+from alft_cli.progress import reporter
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -61,6 +63,65 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states; CUDA states only for the GPUs present.
+
+    A checkpoint written on a machine with more GPUs than this one holds more CUDA states
+    than there are devices (``torch.cuda.set_rng_state_all`` would fail on the first missing
+    one); one written without CUDA holds none and leaves the CUDA RNG as seeded.
+    """
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(cuda_states_present(state["cuda"],
+                                                                torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def cuda_states_present(states: list[torch.Tensor], devices: int) -> list[torch.Tensor]:
+    """The saved per-GPU RNG states that have a GPU here: the first ``devices`` of them."""
+    return list(states)[:max(devices, 0)]
+
+
+# Byte size of a generator state by device type: the CPU's Mersenne Twister is 5056 bytes,
+# CUDA's Philox (seed + offset) 16. Checkpoints written before the device was saved with the
+# state are told apart by it.
+_CUDA_STATE_BYTES = 16
+
+
+def generator_state(generator: torch.Generator) -> dict[str, Any]:
+    """A generator's state with the device type it belongs to (see :func:`restore_generator`)."""
+    return {"device": generator.device.type, "state": generator.get_state()}
+
+
+def saved_generator_device(saved: Any) -> str:
+    """Device type of a state saved by :func:`generator_state`, or of a bare state tensor."""
+    if isinstance(saved, dict):
+        return str(saved["device"])
+    return "cuda" if saved.numel() == _CUDA_STATE_BYTES else "cpu"
+
+
+def derived_seed(values: list[int]) -> int:
+    """A seed that is a pure function of ``values`` (any ints), for deterministic reseeding."""
+    return int(np.random.SeedSequence([abs(int(v)) for v in values]).generate_state(1)[0])
+
+
+def restore_generator(generator: torch.Generator, saved: Any, reseed: list[int],
+                      what: str) -> bool:
+    """Put a saved state back into ``generator``; True when the stream continues exactly.
+
+    A CUDA generator's state cannot go into a CPU generator, nor the reverse (resuming on
+    another device type, e.g. a run begun on a GPU machine and continued on a laptop). Then
+    the generator is reseeded from ``reseed`` (e.g. seed, rank, epoch, batch: the same
+    resume always draws the same stream) and a warning says the augmentations differ from
+    an uninterrupted run from here on; everything else (weights, optimizer, schedule) still
+    resumes exactly.
+    """
+    device = saved_generator_device(saved)
+    state = saved["state"] if isinstance(saved, dict) else saved
+    if device == generator.device.type:
+        generator.set_state(state)
+        return True
+    generator.manual_seed(derived_seed(reseed))
+    reporter().warn(f"{what}: the checkpoint's augmentation generator was on {device}, this "
+                    f"run is on {generator.device.type}; reseeded it deterministically, so "
+                    "augmentations from here on differ from an uninterrupted run")
+    return False

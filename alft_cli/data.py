@@ -118,16 +118,24 @@ def epoch_order(ids: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error, and so
+    is ``cuda:N`` for a GPU that is not there."""
     from alft_cli.errors import OptionError
 
-    name = (name or "auto").lower()
+    name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
+    if name == "cuda" or name.startswith("cuda:"):
+        index_text = name[len("cuda:"):] if ":" in name else None
+        if index_text is not None and not index_text.isdigit():
+            raise OptionError(f"--device {name!r}: use cuda or cuda:N with N a GPU number")
         if not torch.cuda.is_available():
-            raise OptionError("--device cuda: no CUDA GPU is available (use --device cpu)")
+            raise OptionError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
+        count = torch.cuda.device_count()
+        if index_text is not None and int(index_text) >= count:
+            raise OptionError(f"--device {name}: this machine has {count} GPU"
+                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise OptionError(f"--device {name!r}: use auto, cpu or cuda")
+    raise OptionError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")

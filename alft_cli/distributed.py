@@ -98,3 +98,17 @@ def gather_rows(array: np.ndarray, order: np.ndarray) -> np.ndarray | None:
 def shard(n: int, info: DistInfo) -> np.ndarray:
     """Row indices this rank handles: a strided 1/world_size of ``range(n)``."""
     return np.arange(info.rank, n, info.world_size)
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm of ``module`` as a SyncBatchNorm, for DDP on GPUs.
+
+    Without it each GPU normalises with the statistics of its own batch/K images; BYOL's setup
+    (Grill et al., NeurIPS 2020, appendix) synchronises them over the global batch, which
+    matters for BYOL, whose target relies on batch statistics. The state-dict keys stay
+    BatchNorm's, so saved backbones load into plain models. SyncBatchNorm runs on CUDA only
+    (DDP refuses it for CPU modules), so on the CPU (gloo) ``module`` comes back unchanged.
+    """
+    if device.type != "cuda":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -2,6 +2,11 @@
 
 Query strategies, evaluation and frozen-backbone training all read these. Under torchrun each
 rank scores a strided shard of the ids and rank 0 gathers them, in the input order.
+
+On a GPU the pass never waits for the device batch by batch: results stay on the device and
+come back to the host in blocks of about ``FLUSH_BYTES`` (one wait per block), and the model
+runs in channels_last like the training loops. The head gives float32 logits even under bf16
+autocast (:meth:`alft_cli.models.Classifier.logits`), so probabilities agree with a CPU run.
 """
 
 from __future__ import annotations
@@ -15,7 +20,32 @@ from alft_cli import distributed
 from alft_cli.data import CachedImages, iterate_batches
 from alft_cli.models import Classifier
 from alft_cli.progress import reporter
-from alft_cli.training import autocast, to_device_layout
+from alft_cli.training import autocast, model_to_device_layout, to_device_layout
+
+# Results are copied to the host in blocks of about this many bytes.
+FLUSH_BYTES = 64 * 2**20
+
+
+class _DeviceBlocks:
+    """Per-batch result tensors kept on the device until about ``FLUSH_BYTES`` of them."""
+
+    def __init__(self) -> None:
+        self.parts: list[list[torch.Tensor]] = []
+        self.nbytes = 0
+
+    def add(self, *tensors: torch.Tensor) -> bool:
+        """Keep one batch's tensors; True when it is time to :meth:`take` them."""
+        self.parts.append(list(tensors))
+        self.nbytes += sum(t.numel() * t.element_size() for t in tensors)
+        return self.nbytes >= FLUSH_BYTES
+
+    def take(self) -> list[np.ndarray]:
+        """Everything kept so far, concatenated per position, as host arrays (one wait)."""
+        if not self.parts:
+            return []
+        out = [torch.cat(column).cpu().numpy() for column in zip(*self.parts)]
+        self.parts, self.nbytes = [], 0
+        return out
 
 
 @torch.no_grad()
@@ -32,19 +62,32 @@ def infer(model: Classifier, cache: CachedImages, ids: np.ndarray, device: torch
     mine = distributed.shard(len(ids), info) if info.enabled else np.arange(len(ids))
     was_training = model.training
     model.eval()
+    model_to_device_layout(model, device)
     h_parts, p_parts = [], []
+    blocks = _DeviceBlocks()
+
+    def flush() -> None:
+        arrays = blocks.take()
+        if arrays:
+            if features:
+                h_parts.append(arrays.pop(0))
+            if probabilities:
+                p_parts.append(arrays.pop(0))
+
     with reporter().task(description, total=len(mine)) as task:
         for _, images in iterate_batches(cache, ids[mine], batch_size, device):
             x = to_device_layout(images.float(), device)
             with autocast(device):
                 if probabilities:
                     logits, h = model.forward_with_features(x)
-                    p_parts.append(torch.sigmoid(logits.float()).cpu().numpy())
                 else:
                     h = model.features(x)
-            if features:
-                h_parts.append(h.float().cpu().numpy())
+            kept = ([h.float()] if features else []) + (
+                [torch.sigmoid(logits)] if probabilities else [])
+            if kept and blocks.add(*kept):
+                flush()
             task.advance(len(images))
+        flush()
     model.train(was_training)
     dim = model.feature_dim
     h = np.concatenate(h_parts) if h_parts else np.zeros((0, dim), np.float32)
@@ -76,26 +119,39 @@ def infer_top(model: Classifier, cache: CachedImages, ids: np.ndarray, device: t
     mine = distributed.shard(len(ids), info) if info.enabled else np.arange(len(ids))
     was_training = model.training
     model.eval()
+    model_to_device_layout(model, device)
     top_rows = np.zeros(0, dtype=np.int64)
     top_h = np.zeros((0, model.feature_dim), dtype=np.float32)
     top_s = np.zeros(0)
     all_scores = np.empty(len(mine))
     all_p = np.empty((len(mine), model.head.out_features), dtype=np.float32)
     done = 0
+    blocks = _DeviceBlocks()
+
+    def flush() -> None:
+        # Scores are per row and ties go to the lower row, so scoring and merging a block of
+        # batches at once keeps exactly the rows that batch-by-batch merging would.
+        nonlocal done, top_rows, top_h, top_s
+        arrays = blocks.take()
+        if not arrays:
+            return
+        h, p = arrays
+        s = score(h, p)
+        rows = mine[done:done + len(s)]
+        all_scores[done:done + len(s)] = s
+        all_p[done:done + len(s)] = p
+        done += len(s)
+        top_rows, top_h, top_s = _merge_top(top_rows, top_h, top_s, rows, h, s, keep)
+
     with reporter().task(description, total=len(mine)) as task:
         for _, images in iterate_batches(cache, ids[mine], batch_size, device):
             x = to_device_layout(images.float(), device)
             with autocast(device):
                 logits, h = model.forward_with_features(x)
-            p = torch.sigmoid(logits.float()).cpu().numpy()
-            h = h.float().cpu().numpy()
-            s = score(h, p)
-            rows = mine[done:done + len(s)]
-            all_scores[done:done + len(s)] = s
-            all_p[done:done + len(s)] = p
-            done += len(s)
-            top_rows, top_h, top_s = _merge_top(top_rows, top_h, top_s, rows, h, s, keep)
+            if blocks.add(h.float(), torch.sigmoid(logits)):
+                flush()
             task.advance(len(images))
+        flush()
     model.train(was_training)
     if info.enabled:
         parts: list = [None] * torch.distributed.get_world_size()

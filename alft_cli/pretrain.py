@@ -4,9 +4,13 @@ the first stage of Moellenbrok & Demir (IGARSS 2023).
 The loop reads uint8 batches from the decode cache, makes BYOL's two views on the device
 (:mod:`alft_cli.augment`), and trains online = backbone + projector + predictor against a
 momentum target whose tau follows a cosine schedule from 0.996 to 1. On CUDA it runs in bf16
-autocast with channels_last tensors. A checkpoint holds everything the schedule depends on
-(epoch, batch position, optimizer, EMA target, augmentation generator, RNG), so ``--resume``
-continues exactly where it stopped; Ctrl-C (or SIGTERM from a scheduler) saves one first.
+autocast with channels_last tensors, and the loop never waits for the device: the loss is
+summed on the device and read every ``LOSS_EVERY`` steps and at the end of an epoch. Under
+torchrun on GPUs every BatchNorm becomes a SyncBatchNorm, as in BYOL's own setup (Grill et
+al. compute batch statistics over the whole global batch), so K processes train like one
+with the global batch. A checkpoint holds everything the schedule depends on (epoch, batch
+position, optimizer, EMA target, augmentation generator, RNG), so ``--resume`` continues
+exactly where it stopped; Ctrl-C (or SIGTERM from a scheduler) saves one first.
 """
 
 from __future__ import annotations
@@ -23,16 +27,33 @@ import torch
 from alft_cli import distributed, faults
 from alft_cli.augment import byol_views
 from alft_cli.byol import BYOL, cosine_tau
-from alft_cli.checkpoints import load_safe, rng_state, save_atomic, set_rng_state
+from alft_cli.checkpoints import (
+    derived_seed,
+    generator_state,
+    load_safe,
+    restore_generator,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from alft_cli.config import PretrainConfig
 from alft_cli.data import CachedImages, epoch_order, iterate_batches
 from alft_cli.errors import CheckpointError, OptionError
 from alft_cli.models import Normalize, build_backbone, load_state_dict_checked
 from alft_cli.progress import reporter
-from alft_cli.training import GracefulStop, autocast, to_device_layout
+from alft_cli.training import (
+    GracefulStop,
+    autocast,
+    model_to_device_layout,
+    to_device_layout,
+)
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.pt"
+# Steps between reads of the loss (each read waits for the device) and, under torchrun,
+# between the ranks' agreement on a stop request (an all_reduce that waits too).
+LOSS_EVERY = 20
+STOP_CHECK_EVERY = 10
 
 
 @dataclass
@@ -75,10 +96,11 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
     if init_backbone is not None:
         load_state_dict_checked(backbone, init_backbone, "--init-weights")
     model = BYOL(backbone, feature_dim, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim)
+    if info.enabled:
+        model = distributed.sync_batchnorm(model, device)
     normalize = Normalize(mean, std).to(device)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model_to_device_layout(model, device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device)
@@ -94,7 +116,11 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         losses = list(state["losses"])
         gens = state["generators"]
-        generator.set_state(gens[info.rank] if info.rank < len(gens) else gens[0])
+        reseed = [cfg.seed, info.rank, start_epoch, start_batch]
+        if info.rank < len(gens):
+            restore_generator(generator, gens[info.rank], reseed, f"--resume of {ckpt_path}")
+        else:  # more processes than when the checkpoint was written: a stream of its own
+            generator.manual_seed(derived_seed(reseed))
         set_rng_state(state["rng"])
         resumed_from = start_epoch
         rep.info(f"resuming BYOL at epoch {start_epoch + 1}, batch {start_batch + 1}")
@@ -127,7 +153,8 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
             first = start_batch if epoch == start_epoch else 0
             per_rank = order[:batches_per_epoch * global_batch].reshape(
                 batches_per_epoch, info.world_size, local_batch)[:, info.rank]
-            epoch_loss = 0.0
+            epoch_loss = torch.zeros((), device=device)  # summed on the device: no sync
+            shown_loss = float("nan")
             batch_index = first
             for _, images in iterate_batches(cache, per_rank[first:].reshape(-1), local_batch,
                                              device):
@@ -139,18 +166,24 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
                 epoch_loss += loss
                 seen += len(images) * info.world_size
                 batch_index += 1
+                if (batch_index - first) % LOSS_EVERY == 0:
+                    shown_loss = float(epoch_loss) / (batch_index - first)
                 rate = seen / max(time.perf_counter() - started, 1e-9)
-                task.advance(1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss,
+                task.advance(1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=shown_loss,
                              img_s=round(rate, 1))
-                if stopper.should_stop(device):
+                # Single process: a flag read, every step. Under torchrun the ranks must
+                # agree (an all_reduce the host waits for): every few steps and at an
+                # epoch's end, at the same steps on every rank.
+                if (not info.enabled or batch_index % STOP_CHECK_EVERY == 0
+                        or batch_index == batches_per_epoch) and stopper.should_stop(device):
                     interrupted = True
                     break
             if interrupted:
                 if batch_index == batches_per_epoch:  # stopped on an epoch's last batch
-                    losses.append(epoch_loss / max(batch_index - first, 1))
+                    losses.append(float(epoch_loss) / max(batch_index - first, 1))
                     epoch, batch_index = epoch + 1, 0
                 break
-            losses.append(epoch_loss / max(batch_index - first, 1))
+            losses.append(float(epoch_loss) / max(batch_index - first, 1))
             batch_index = 0
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 \
                     and epoch + 1 < cfg.epochs:
@@ -177,7 +210,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
 
 def _step(net: torch.nn.Module, model: BYOL, normalize: Normalize, images: torch.Tensor,
           generator: torch.Generator, optimizer: torch.optim.Optimizer, device: torch.device,
-          size: int, tau: float) -> float:
+          size: int, tau: float) -> torch.Tensor:
     view1, view2 = byol_views(images.float(), generator, size)
     view1 = to_device_layout(normalize(view1), device)
     view2 = to_device_layout(normalize(view2), device)
@@ -187,11 +220,11 @@ def _step(net: torch.nn.Module, model: BYOL, normalize: Normalize, images: torch
     loss.backward()
     optimizer.step()
     model.update_target(tau)
-    return float(loss.detach())
+    return loss.detach()
 
 
-def _gather_generators(generator: torch.Generator) -> list[torch.Tensor]:
-    state = generator.get_state()
+def _gather_generators(generator: torch.Generator) -> list[dict[str, Any]]:
+    state = generator_state(generator)
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return [state]
     parts: list = [None] * torch.distributed.get_world_size()

@@ -112,6 +112,12 @@ def open_session(model_path: Path | str, device: str = "auto",
     return session, provider
 
 
+# onnxruntime's CUDA provider searches cuDNN's convolution algorithms exhaustively by
+# default, again for every new input shape: a tag run's last, partial batch (and every shard's)
+# would pay seconds of benchmarking for a handful of images. The heuristic choice costs
+# nothing and is what cuDNN's own frameworks use by default.
+CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
 # Decoding threads run while the model does; spinning inference threads would steal their
 # cores (bench/bench_tag.py --spinning measures the other choice).
 ORT_ALLOW_SPINNING = False
@@ -143,7 +149,8 @@ def _open_session(model_path: Path | str, device: str, threads: int | None
         problem = _cuda_problem(ort)
         if problem is None:
             session, error = _try_session(ort, path, options,
-                                          ["CUDAExecutionProvider", "CPUExecutionProvider"])
+                                          [("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS),
+                                           "CPUExecutionProvider"])
             if session is not None and session.get_providers()[0] == "CUDAExecutionProvider":
                 return session, "CUDAExecutionProvider", None
             problem = ("onnxruntime could not start its CUDA provider ("
@@ -156,7 +163,8 @@ def _open_session(model_path: Path | str, device: str, threads: int | None
     return session, "CPUExecutionProvider", problem
 
 
-def _try_session(ort: Any, path: Path, options: Any, providers: list[str]
+def _try_session(ort: Any, path: Path, options: Any,
+                 providers: list[str | tuple[str, dict[str, str]]]
                  ) -> tuple[Any | None, str | None]:
     """A session, or (None, why); for a GPU provider that did not load, also why."""
     # enable_fallback=0: onnxruntime's own fallback prints banners to stdout; falling back
