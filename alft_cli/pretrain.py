@@ -154,7 +154,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
             per_rank = order[:batches_per_epoch * global_batch].reshape(
                 batches_per_epoch, info.world_size, local_batch)[:, info.rank]
             epoch_loss = torch.zeros((), device=device)  # summed on the device: no sync
-            shown_loss = float("nan")
+            shown_loss = losses[-1] if losses else float("nan")  # until this epoch's read
             batch_index = first
             for _, images in iterate_batches(cache, per_rank[first:].reshape(-1), local_batch,
                                              device):
@@ -184,6 +184,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
                     epoch, batch_index = epoch + 1, 0
                 break
             losses.append(float(epoch_loss) / max(batch_index - first, 1))
+            task.update(loss=losses[-1])
             batch_index = 0
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 \
                     and epoch + 1 < cfg.epochs:
