@@ -18,8 +18,12 @@
    in a fresh subprocess that reports its own peak (``VmHWM``). Streaming should keep the
    ratio near 1.
 
+   With ``--device cuda`` (or ``auto`` on a GPU machine) alft tag runs onnxruntime's CUDA
+   provider and the torch baseline runs on the GPU (same batches, synchronised); the table
+   says which provider ran.
+
 Usage: python bench/bench_tag.py [--images 500] [--repeats 5] [--threads N] [--skip-rss]
-       [--size 64] [--backbones resnet18,densenet121] [--spinning]
+       [--size 64] [--backbones resnet18,densenet121] [--spinning] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
@@ -60,14 +64,32 @@ def _export(backbone: str, size: int, path: Path):
     return model
 
 
-def _torch_rate(model, x: np.ndarray, batch: int) -> float:
+def _torch_device(device: str):
     import torch
 
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def _torch_rate(model, x: np.ndarray, batch: int, device: str = "cpu") -> float:
+    """Model-only rate: host batches in, probabilities on the device (as a GPU user would
+    run eager torch), synchronised before the clock is read."""
+    import torch
+
+    dev = _torch_device(device)
+    model.to(dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     with torch.inference_mode():
-        torch.sigmoid(model(torch.from_numpy(x[:batch])))  # warm-up
+        torch.sigmoid(model(torch.from_numpy(x[:batch]).to(dev)))  # warm-up
+        sync()
         start = time.perf_counter()
         for i in range(0, len(x), batch):
-            torch.sigmoid(model(torch.from_numpy(x[i:i + batch])))
+            torch.sigmoid(model(torch.from_numpy(x[i:i + batch]).to(dev)))
+        sync()
         return len(x) / (time.perf_counter() - start)
 
 
@@ -79,11 +101,11 @@ def _ort_rate(session, x: np.ndarray, batch: int) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
-def _tag_rates(model_path: Path, root: Path, out: Path, batch: int, threads: int
-               ) -> tuple[float, float, int]:
+def _tag_rates(model_path: Path, root: Path, out: Path, batch: int, threads: int,
+               device: str = "cpu") -> tuple[float, float, int]:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    result = tag.tag_archive(model_path, root, out, device="cpu", batch_size=batch,
+    result = tag.tag_archive(model_path, root, out, device=device, batch_size=batch,
                              threads=threads)
     wall = time.perf_counter() - start
     return result.images_per_second, result.tagged / wall, result.tagged
@@ -91,7 +113,8 @@ def _tag_rates(model_path: Path, root: Path, out: Path, batch: int, threads: int
 
 def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
                model_only_images: int, threads: int,
-               backbones: tuple[str, ...] = ("resnet18", "densenet121")) -> list[dict]:
+               backbones: tuple[str, ...] = ("resnet18", "densenet121"),
+               device: str = "cpu") -> list[dict]:
     import torch
 
     from alft_cli.images import load_image, scan_folder
@@ -107,19 +130,20 @@ def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
     for backbone in backbones:
         path = work / f"{backbone}.onnx"
         model = _export(backbone, size, path)
-        session, provider = tag.open_session(path, "cpu", threads)
+        session, provider = tag.open_session(path, device, threads)
         with torch.inference_mode():
             want = torch.sigmoid(model(torch.from_numpy(x[:batch]))).numpy()
         parity = float(np.abs(session.run(None, {"image": x[:batch]})[0] - want).max())
         best = {"torch": 0.0, "ort": 0.0, "tag": 0.0, "tag_wall": 0.0}
         for _ in range(repeats):
-            best["torch"] = max(best["torch"], _torch_rate(model, x, batch))
+            best["torch"] = max(best["torch"], _torch_rate(model, x, batch, device))
             best["ort"] = max(best["ort"], _ort_rate(session, x, batch))
             stream, wall, tagged = _tag_rates(path, archive.root, work / "tags.csv", batch,
-                                              threads)
+                                              threads, device)
             assert tagged == len(keys), (tagged, len(keys))
             best["tag"] = max(best["tag"], stream)
             best["tag_wall"] = max(best["tag_wall"], wall)
+        model.cpu()  # the parity reference of the next model runs on the CPU
         rows.append({"model": f"{backbone}@{size}", "batch": batch, "threads": threads,
                      "parity": parity, "provider": provider, "images": len(keys), **best})
         del session, model
@@ -141,14 +165,16 @@ def _link_archive(src: Path, dst: Path, copies: int) -> int:
     return copies * len(files)
 
 
-def _child_rss(model: Path, archive: Path, out: Path, batch: int) -> dict:
+def _child_rss(model: Path, archive: Path, out: Path, batch: int, device: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", str(model), str(archive), str(out), str(batch)],
+        [sys.executable, __file__, "--child", str(model), str(archive), str(out), str(batch),
+         device],
         capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def memory(work: Path, size: int, batch: int, small: int, large: int) -> list[dict]:
+def memory(work: Path, size: int, batch: int, small: int, large: int,
+           device: str = "cpu") -> list[dict]:
     model = work / "resnet18.onnx"
     src = work / "arch" / "images"
     per_copy = sum(1 for p in src.rglob("*") if p.is_file())
@@ -156,7 +182,7 @@ def memory(work: Path, size: int, batch: int, small: int, large: int) -> list[di
     for n in (small, large):
         root = work / f"linked_{n}"
         total = _link_archive(src, root, max(1, round(n / per_copy)))
-        info = _child_rss(model, root, work / f"rss_{n}.csv", batch)
+        info = _child_rss(model, root, work / f"rss_{n}.csv", batch, device)
         rows.append({"images": total, **info})
         shutil.rmtree(root)
     return rows
@@ -175,9 +201,9 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _child(model: str, archive: str, out: str, batch: str) -> None:
+def _child(model: str, archive: str, out: str, batch: str, device: str) -> None:
     set_reporter(Reporter())
-    result = tag.tag_archive(Path(model), Path(archive), Path(out), device="cpu",
+    result = tag.tag_archive(Path(model), Path(archive), Path(out), device=device,
                              batch_size=int(batch))
     peak_kb = _peak_rss_kb()
     assert "torch" not in sys.modules  # tagging needs onnxruntime only
@@ -202,7 +228,9 @@ def main() -> None:
                         help="comma-separated backbones for the throughput table")
     parser.add_argument("--spinning", action="store_true",
                         help="let onnxruntime's intra-op threads spin (alft tag does not)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="alft tag's onnxruntime provider and the torch baseline's device")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
@@ -219,9 +247,9 @@ def main() -> None:
     try:
         rows = throughput(work, args.images, args.size, args.batch, args.repeats,
                           args.model_only_images, args.threads,
-                          tuple(args.backbones.split(",")))
+                          tuple(args.backbones.split(",")), args.device)
         mem = [] if args.skip_rss else memory(work, args.size, args.batch, args.rss_small,
-                                              args.rss_large)
+                                              args.rss_large, args.device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
@@ -230,7 +258,8 @@ def main() -> None:
           f"({tag.cpu_count()} usable); torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after; {time.perf_counter() - started:.0f} s in all\n")
-    print("### Throughput (CPU, images/s, best of "
+    where = ", ".join(sorted({r["provider"] for r in rows}))
+    print(f"### Throughput ({where}, torch on {_torch_device(args.device)}; images/s, best of "
           f"{args.repeats}; ratios against torch eager model-only)\n")
     print("| model | batch | threads | torch eager (model only) | onnxruntime (model only) "
           "| alft tag end to end | tag / torch | ort / torch | tag / ort | tag incl. model "

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-UCM = REPO.parent / "shared" / "data" / "ucmerced-ml"
+# UC Merced: $ALFT_UCM, else ../shared/data/ucmerced-ml, else the copy a GPU lease carries.
+_SHARED_UCM = REPO.parent / "shared" / "data" / "ucmerced-ml"
+UCM = Path(os.environ.get("ALFT_UCM") or (
+    _SHARED_UCM if _SHARED_UCM.is_dir() else REPO / ".gpu-carry" / "ucmerced-ml"))
 sys.path.insert(0, str(REPO))
 
 

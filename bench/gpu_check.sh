@@ -30,10 +30,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started_at=$(date +%s.%N)
-py=${PYTHON:-python3}
 out=${OUT:-bench/out/gpu-check}
-carry=${ALFT_CARRY:-.gpu-carry}
-site=${ALFT_SITE:-/tmp/alft-site}
 mkdir -p "$out"
 
 deadline_min=8
@@ -47,24 +44,9 @@ done
 hard_s=$(awk -v m="$deadline_min" 'BEGIN { printf "%d", m * 60 + 45 }')
 
 {
-  echo "gpu_check: $(date -u +%FT%TZ) on $(hostname); deadline ${deadline_min} min; python: $py"
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # alft_cli from this checkout
-  if ! "$py" -c 'import alft_cli.config' 2>/dev/null; then
-    # No pydantic there: install the carried wheels (no index, no network) first.
-    shopt -s nullglob
-    wheels=("$carry"/wheels/*.whl)
-    if [ ${#wheels[@]} -eq 0 ]; then
-      echo "error: alft_cli does not import and $carry/wheels holds no wheels" \
-           "(run bench/gpu_prepare.py here and carry $carry)"
-    else
-      echo "installing ${#wheels[@]} carried wheels into $site"
-      "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$site" "${wheels[@]}" || echo "error: installing the carried wheels failed"
-      export PYTHONPATH="$site:$PYTHONPATH"
-      ALFT_INSTALLED_WHEELS=$(for w in "${wheels[@]}"; do basename "$w"; done | tr '\n' ' ')
-      export ALFT_INSTALLED_WHEELS
-    fi
-  fi
+  echo "gpu_check: $(date -u +%FT%TZ) on $(hostname); deadline ${deadline_min} min; python:" \
+       "${PYTHON:-python3}"
+  source bench/gpu_env.sh
   PYTHONUNBUFFERED=1 timeout --kill-after=10 "$hard_s" \
     "$py" bench/gpu_check.py --out "$out" --started-at "$started_at" "$@"
   rc=$?

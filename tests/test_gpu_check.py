@@ -134,3 +134,25 @@ def test_gpu_check_leaves_partial_results_when_time_runs_out(device_like, tmp_pa
     assert res["stages"]["byol"]["state"] == "cut by the deadline watchdog"
     assert res["paper"]["byol"]["first_epoch_s"] > 0
     assert "cut by the deadline watchdog" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_paper_example_runs_where_alft_is_not_installed(device_like, tmp_path):
+    from alft_cli.synthetic import generate_archive
+
+    python, carry = device_like
+    archive = generate_archive(tmp_path / "data", n_images=40, image_size=32, seed=0)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
+    env.update(PYTHON=str(python), ALFT_CARRY=str(carry), ALFT_SITE=str(tmp_path / "site"),
+               OMP_NUM_THREADS="1", DATA=str(archive.labels_csv.parent), SIM="sim",
+               DEVICE="cpu", IMAGE_SIZE="32", BACKBONE="mobilenet_v3_small", BYOL_BATCH="16",
+               HIDDEN_DIM="32", PROJ_DIM="16", BYOL_EPOCHS="1", FT_EPOCHS="1", LR_STEP="0",
+               SEEDS="1", INITIAL="4", BUDGET="4", MAX_LABELS="8")
+    proc = subprocess.run(["bash", str(REPO / "examples" / "paper_gpu.sh")], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "installing 5 carried wheels" in proc.stdout
+    sim = tmp_path / "sim"  # SIM relative to the caller's folder
+    assert (sim / "report" / "curves.md").is_file()
+    settings = json.loads((sim / "simulation.json").read_text())
+    assert settings["max_labels"] == 8 and settings["image_size"] == 32
