@@ -283,6 +283,10 @@ def pretrain(project_dir: Path | str, *, restart: bool = False,
                           f"{', '.join(sorted(BACKBONES))}")
     device = resolve_device(cfg.device)
     info = distributed.env_info()
+    if info.enabled and cfg.method == "supervised-noisy":
+        raise OptionError("--method supervised-noisy runs in one process (under torchrun every "
+                          "rank would train the same model and write the same file): start "
+                          "it without torchrun")
     args = {**cfg.model_dump(), "noisy_labels": str(noisy_labels) if noisy_labels else None,
             "then": then, "init_weights": str(init_weights) if init_weights else None}
     context = (_writing(project_dir, "pretrain", args) if info.is_main

@@ -7,9 +7,10 @@ Inside a deadline, in order of value, writing everything to ``--out`` as it goes
 2. ``paper``: the paper's configuration (Moellenbrok & Demir, IGARSS 2023) at the size that
    fits: index the archive (UC Merced, 256 px), BYOL on DenseNet121 (batch 100, Adam 1e-3,
    4096/256 heads) for as many epochs as its share of the time allows, then one seed of
-   mge-clustering vs random through ``api.simulate`` with the paper's fine-tuning schedule
-   (100 epochs, batch 10, SGD 0.025, lr x0.1 after epoch 80), the label budget cut to what
-   the remaining time fits (estimated from a measured fine-tuning step), then ``api.report``.
+   mge-clustering vs random through ``experiments.simulate`` (what ``alft simulate`` calls)
+   with the paper's fine-tuning schedule (100 epochs, batch 10, SGD 0.025, lr x0.1 after
+   epoch 80), the label budget cut to what the remaining time fits (estimated from a
+   measured fine-tuning step), then ``experiments.report``.
 3. ``throughput``: loop ÷ model-only ratios as bench/ measures them: BYOL images/s (the
    real pretrain loop vs the step alone), fine-tuning step time at batch 10, scoring
    images/s (the query's streamed pass vs the forward alone), ``alft query`` vs its pass,
@@ -400,8 +401,9 @@ def plan_labels(seconds: float, initial: int, budget: int, max_labels: int, ft_e
 
 def stage_al(args: argparse.Namespace, images: Path, labels_csv: Path, base: Path,
              device: Any, res: Results, clock: Clock, step_s: float, score_rate: float) -> bool:
-    """One seed of mge-clustering vs random through api.simulate; True if complete."""
+    """One seed of mge-clustering vs random through experiments.simulate; True if complete."""
     from alft_cli import api
+    from alft_cli.experiments import api as experiments
 
     n = _count_ids(base)
     val = int(round(n * 0.25))
@@ -423,7 +425,7 @@ def stage_al(args: argparse.Namespace, images: Path, labels_csv: Path, base: Pat
     pretrained = {k: v for k, v in byol_options(args, device).items() if k != "device"}
     pretrained["epochs"] = int(recorded.get("epochs", 1))
     started = time.perf_counter()
-    result = api.simulate(images.resolve(), labels_csv.resolve(), sim,
+    result = experiments.simulate(images.resolve(), labels_csv.resolve(), sim,
                           strategies="mge-clustering,random", seeds=[0], scenarios=[1],
                           initial=args.initial, budget=args.budget, max_labels=max_labels,
                           image_size=args.image_size, device=str(device),
@@ -459,11 +461,11 @@ def al_rows(sim: Path) -> list[dict[str, Any]]:
 
 
 def copy_report(sim: Path, res: Results) -> None:
-    """``api.report`` of what was trained, and its main files into the output folder."""
-    from alft_cli import api
+    """``experiments.report`` of what was trained, and its main files into the output folder."""
+    from alft_cli.experiments import api as experiments
 
     try:
-        report = api.report(sim)
+        report = experiments.report(sim)
     except Exception as exc:  # e.g. nothing trained yet
         res.set("paper", "report", f"not written: {type(exc).__name__}: {exc}")
         return

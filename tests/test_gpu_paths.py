@@ -19,6 +19,9 @@ from alft_cli.errors import OptionError
 from alft_cli.progress import Reporter, set_reporter
 from alft_cli.training import GracefulStop
 
+# Tiny models: one intra-op thread (see conftest's one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_FT = dict(batch_size=8, lr_step=0, device="cpu", init="scratch", backbone="resnet18")
 TINY_BYOL = dict(backbone="resnet18", batch_size=16, hidden_dim=64, proj_dim=32, device="cpu")
 # What a CUDA generator's get_state() returns: Philox seed and offset, 16 bytes.
@@ -382,3 +385,26 @@ def test_onnxruntime_cuda_provider_gets_the_heuristic_algorithm_search(monkeypat
         tag.open_session(model, "cuda")
     assert seen[0] == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
                        "CPUExecutionProvider"]
+
+
+# ------------------------------------------------------- supervised-noisy under torchrun
+def test_supervised_noisy_pretraining_is_refused_under_torchrun(tiny_archive, tmp_path, cli):
+    root = tmp_path / "p"
+    api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv, initial=0,
+                  image_size=32)
+    noisy = tmp_path / "noisy.csv"
+    with open(noisy, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", *tiny_archive.classes])
+        for key, row in zip(tiny_archive.keys, tiny_archive.Y):
+            writer.writerow([key, *row.tolist()])
+    # What torchrun sets for each rank: every one of them would train on its own.
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    r = cli("pretrain", "-p", root, "--method", "supervised-noisy", "--noisy-labels", noisy,
+            "--epochs", "1", "--backbone", "resnet18", "--device", "cpu", env=env)
+    assert r.code == 1 and "Traceback" not in r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "supervised-noisy runs in one process" in lines[0], lines
+    assert "start it without torchrun" in lines[0]
+    assert api.status(root)["pretrained"] is None
+    assert not (root / "pretrain" / "backbone_supervised.pt").exists()
