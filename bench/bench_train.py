@@ -2,9 +2,9 @@
 
 1. BYOL loop images/s (cache read + on-device augmentation + step + EMA, via alft's real
    pretrain loop) divided by the model-only images/s (forward+backward+step+EMA on the SAME
-   pre-augmented batches, already in memory). Goal >= 0.9: the data path must not starve
-   the device. On a CPU the augmentations share the cores with the model, so the ratio there
-   also prices the augmentation compute.
+   pre-augmented batches, already in memory; bench/measure.py). Goal >= 0.9: the data path
+   must not starve the device. On a CPU the augmentations share the cores with the model, so
+   the ratio there also prices the augmentation compute.
 2. Fine-tuning round time for 40..200 labels (the paper's budgets) with alft's real finetune.
 
 Usage: python bench/bench_train.py [--device cpu|cuda] [--backbone B] [--size S] [--batch N]
@@ -33,13 +33,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from measure import byol_model_only
 
     from alft_cli import api
-    from alft_cli.augment import byol_views
-    from alft_cli.byol import BYOL
     from alft_cli.data import CachedImages
-    from alft_cli.models import Normalize, build_backbone
-    from alft_cli.training import autocast, to_device_layout
 
     device = torch.device(args.device)
     print(f"Machine: {machine()}\n")
@@ -58,40 +55,11 @@ def main() -> None:
 
         cache = CachedImages(proj / "cache" / "images.npy")
         n_batches = len(cache.array) // args.batch
-        gen = torch.Generator(device=device)
-        gen.manual_seed(0)
-        batches = []
-        for i in range(min(n_batches, 8)):
-            x = torch.from_numpy(cache.read(range(i * args.batch, (i + 1) * args.batch)))
-            v1, v2 = byol_views(x.to(device).float(), gen, args.size)
-            batches.append((v1, v2))
-        backbone, dim = build_backbone(args.backbone, 3)
-        model = BYOL(backbone, dim, 1024, 128).to(device)
-        normalize = Normalize([0.5] * 3, [0.25] * 3).to(device)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-        def step(v1: torch.Tensor, v2: torch.Tensor) -> None:
-            a = to_device_layout(normalize(v1), device)
-            b = to_device_layout(normalize(v2), device)
-            with autocast(device):
-                loss = model(a, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.update_target(0.99)
-
-        for v1, v2 in batches[:2]:
-            step(v1, v2)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        reps = max(1, (args.epochs * n_batches) // len(batches))
-        for _ in range(reps):
-            for v1, v2 in batches:
-                step(v1, v2)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model_rate = reps * len(batches) * args.batch / (time.perf_counter() - started)
+        images = [torch.from_numpy(cache.read(range(i * args.batch, (i + 1) * args.batch)))
+                  .to(device) for i in range(min(n_batches, 8))]
+        model_rate = byol_model_only(args.backbone, images, device, hidden_dim=1024,
+                                     proj_dim=128, steps=max(len(images),
+                                                             args.epochs * n_batches))
 
         print("## BYOL pretrain loop vs model only "
               f"({args.backbone} @ {args.size} px, batch {args.batch}, {args.device})\n")

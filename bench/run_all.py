@@ -29,7 +29,7 @@ def plan(device: str, quick: bool) -> list[tuple[str, list[str]]]:
     tag = ["bench_tag.py", "--device", device]
     strategies = ["bench_strategies.py"]
     if quick:
-        train += ["--images", "192", "--epochs", "1", "--finetune-epochs", "1"]
+        train += ["--images", "384", "--epochs", "1", "--finetune-epochs", "1"]  # pool >= 200
         tag += ["--images", "200", "--repeats", "2", "--skip-rss", "--backbones", "resnet18"]
         strategies += ["--n-pool", "20000", "--mge-sizes", "1000", "--repeat", "1"]
     return [("train", train), ("query", query), ("tag", tag), ("strategies", strategies)]
