@@ -3,7 +3,7 @@
 
 Each benchmark runs in its own process (a fresh interpreter, as a user's command would).
 Ratios are read off the tables the benchmarks print: every column whose header says
-"ratio", "/" or "speed-up". bench_query needs UC Merced (bench/common.py says where it is
+"ratio", "speed-up" or "A / B". bench_query needs UC Merced (bench/common.py says where it is
 looked for); without it that benchmark is skipped with a note.
 
 Usage: python bench/run_all.py [--device auto|cpu|cuda] [--quick] [--only train,query,...]
@@ -47,7 +47,7 @@ def ratios(text: str) -> list[str]:
             header = cells
         elif not all(re.fullmatch(r":?-+:?", c) for c in cells):
             for name, value in zip(header, cells):
-                if re.search(r"ratio|/|speed-up", name, re.I) and value:
+                if re.search(r"ratio| / |speed-up", name, re.I) and value:
                     found.append(f"{cells[0]}: {name} = {value}")
     return found
 
