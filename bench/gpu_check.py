@@ -21,13 +21,14 @@ kill leaves what was learned), log.txt (written by the shell script), curves.md,
 rounds.csv and curves_s1.png (the report). A watchdog ends the process shortly after the
 deadline. Exit status: 0 all done, 75 something was cut or skipped for time, 1 an error
 (its traceback is in results.json and the log).
+
+Here: the env and paper stages and the run; bench/gpu_throughput.py: the throughput stage
+and the model-only probes; bench/gpu_results.py: the files, the clock and the log reporter.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import os
 import platform
@@ -38,13 +39,21 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from gpu_results import Clock, LogReporter, Results, log  # noqa: E402
+from gpu_throughput import (  # noqa: E402
+    byol_options,
+    labeled_subset,
+    probe_finetune_step,
+    probe_scoring,
+    stage_throughput,
+)
 
 # Paper (section 3) and what the device check keeps of it.
 PAPER_FT = {"epochs": 100, "batch_size": 10, "lr": 0.025, "lr_step": 80}
@@ -53,114 +62,6 @@ PAPER_FT = {"epochs": 100, "batch_size": 10, "lr": 0.025, "lr_step": 80}
 LOOP_OVERHEAD = 1.3
 ROUND_FIXED_S = 2.0  # per round and run: model file, store transaction, query file, import
 WATCHDOG_GRACE_S = 20.0
-
-
-class Results:
-    """results.json + summary.md in ``out``, rewritten after every figure."""
-
-    def __init__(self, out: Path, started_at: float, deadline_at: float,
-                 argv: list[str]) -> None:
-        self.out = out
-        self.started_at = started_at
-        self.deadline_at = deadline_at
-        self.lock = threading.Lock()
-        self.data: dict[str, Any] = {
-            "what": "alft GPU check (bench/gpu_check.sh, issue 19)",
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_at)),
-            "deadline_s": round(deadline_at - started_at, 1), "argv": argv,
-            "stages": {}, "env": {}, "paper": {}, "throughput": {}}
-
-    def set(self, section: str, key: str, value: Any) -> None:
-        with self.lock:
-            self.data[section][key] = value
-        self.write()
-
-    def stage(self, name: str, state: str, **extra: Any) -> None:
-        with self.lock:
-            self.data["stages"][name] = {"state": state,
-                                         "at_s": round(time.time() - self.started_at, 1),
-                                         **extra}
-        self.write()
-
-    def write(self) -> None:
-        with self.lock:
-            self.data["elapsed_s"] = round(time.time() - self.started_at, 1)
-            text = json.dumps(self.data, indent=2, default=str)
-            summary = summary_markdown(self.data)
-        _atomic_write(self.out / "results.json", text + "\n")
-        _atomic_write(self.out / "summary.md", summary)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class Clock:
-    """Wall-clock deadline shared by every stage."""
-
-    def __init__(self, deadline_at: float) -> None:
-        self.deadline_at = deadline_at
-
-    def left(self) -> float:
-        return self.deadline_at - time.time()
-
-    def monotonic_at(self, seconds_from_now: float) -> float:
-        return time.monotonic() + seconds_from_now
-
-
-# ------------------------------------------------------------------------------- reporting
-class LogReporter:
-    """alft's reporter for the log: timestamped messages, progress every ~15 s, task ends."""
-
-    def __init__(self, started_at: float) -> None:
-        self.started_at = started_at
-        self.messages: list[tuple[str, str]] = []
-
-    def _print(self, text: str) -> None:
-        print(f"[{time.time() - self.started_at:7.1f}s] {text}", flush=True)
-
-    def info(self, message: str) -> None:
-        self.messages.append(("info", message))
-        self._print(message)
-
-    def warn(self, message: str) -> None:
-        self.messages.append(("warn", message))
-        self._print(f"warning: {message}")
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None = None) -> Iterator[Any]:
-        from alft_cli.progress import Task
-
-        reporter = self
-
-        class LoggedTask(Task):
-            last = time.perf_counter()
-
-            def advance(self, n: int = 1, **fields: Any) -> None:
-                super().advance(n, **fields)
-                if time.perf_counter() - self.last > 15:
-                    self.last = time.perf_counter()
-                    reporter._print(f"  {self.description}: {self.completed}/{self.total} "
-                                    f"{_fields(self.fields)}")
-
-        task = LoggedTask(total, description)
-        try:
-            yield task
-        finally:
-            seconds = time.perf_counter() - task.started
-            reporter._print(f"  {task.description}: {task.completed}/{task.total} in "
-                            f"{seconds:.1f}s {_fields(task.fields)}")
-
-
-def _fields(fields: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in fields.items())
-
-
-def log(started_at: float, text: str) -> None:
-    print(f"[{time.time() - started_at:7.1f}s] == {text}", flush=True)
 
 
 # ------------------------------------------------------------------------------------ env
@@ -275,12 +176,6 @@ def _count_ids(project: Path) -> int:
     return int(sum(api.status(project)["splits"].values()))
 
 
-def byol_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    return {"method": "byol", "backbone": args.backbone, "batch_size": args.byol_batch,
-            "lr": 1e-3, "hidden_dim": args.hidden_dim, "proj_dim": args.proj_dim,
-            "checkpoint_every": 0, "device": str(device)}
-
-
 def stage_byol(args: argparse.Namespace, base: Path, device: Any, res: Results,
                clock: Clock) -> None:
     """BYOL on every image for as many epochs as its share of the time allows."""
@@ -321,65 +216,6 @@ def stage_byol(args: argparse.Namespace, base: Path, device: Any, res: Results,
         result.images_per_second, 1), "seconds_total": round(time.perf_counter() - started, 1),
         "losses_per_epoch": losses, "final_loss": losses[-1] if losses else None})
     res.set("paper", "byol", record)
-
-
-def _labeled_subset(base: Path, labels_csv: Path, n: int) -> tuple[Any, Any, list[str]]:
-    """(ids, y, classes) of the first ``n`` images of the base index with gold labels."""
-    import csv
-
-    import numpy as np
-
-    from alft_cli.project import open_project
-
-    with open(labels_csv, newline="") as handle:
-        rows = list(csv.reader(handle))
-    classes = rows[0][1:]
-    gold = {r[0]: [int(v) for v in r[1:]] for r in rows[1:]}
-    project = open_project(base, readonly=True)
-    try:
-        keys = project.store.keys_by_id()
-    finally:
-        project.close()
-    ids = [i for i in sorted(keys) if keys[i] in gold][:n]
-    return (np.asarray(ids, dtype=np.int64),
-            np.asarray([gold[keys[i]] for i in ids], dtype=np.float32), classes)
-
-
-def probe_finetune_step(args: argparse.Namespace, base: Path, labels_csv: Path, device: Any,
-                        res: Results) -> float:
-    """Model-only fine-tuning step at the paper's batch (for the budget and throughput)."""
-    import torch
-    from measure import finetune_model_only
-
-    from alft_cli.data import CachedImages
-
-    cache = CachedImages(base / "cache" / "images.npy")
-    ids, y, _ = _labeled_subset(base, labels_csv, args.ft_batch)
-    images = torch.from_numpy(cache.read(ids)).to(device)
-    step_s = finetune_model_only(args.backbone, images, torch.from_numpy(y).to(device), device,
-                                 steps=args.probe_steps)
-    res.set("throughput", "finetune_model_only_ms_per_step", round(1000 * step_s, 2))
-    return step_s
-
-
-def probe_scoring(args: argparse.Namespace, base: Path, device: Any, res: Results,
-                  classes: int) -> float:
-    """Model-only scoring rate at the query's batch (for the budget and throughput)."""
-    import numpy as np
-    import torch
-    from measure import scoring_model_only
-
-    from alft_cli.data import CachedImages
-    from alft_cli.models import Classifier
-
-    cache = CachedImages(base / "cache" / "images.npy")
-    n = min(len(cache.array), 4 * args.score_batch)
-    batches = [torch.from_numpy(cache.read(np.arange(s, min(s + args.score_batch, n))))
-               .to(device) for s in range(0, n, args.score_batch)]
-    model = Classifier(args.backbone, classes, in_channels=cache.channels).to(device)
-    rate = scoring_model_only(model, batches, device, repeats=2)
-    res.set("throughput", "scoring_model_only_img_s", round(rate, 1))
-    return rate
 
 
 def plan_labels(seconds: float, initial: int, budget: int, max_labels: int, ft_epochs: int,
@@ -476,313 +312,6 @@ def copy_report(sim: Path, res: Results) -> None:
             shutil.copyfile(src, res.out / name)
             copied.append(name)
     res.set("paper", "report", {"folder": str(report.out), "copied": copied})
-
-
-# ----------------------------------------------------------------------------- throughput
-def stage_throughput(args: argparse.Namespace, base: Path, labels_csv: Path, device: Any,
-                     res: Results, clock: Clock) -> bool:
-    """Loop ÷ model-only ratios; True if every measurement ran."""
-    import numpy as np
-    import torch
-    from measure import byol_model_only
-
-    from alft_cli.data import CachedImages
-
-    complete = True
-    cache = CachedImages(base / "cache" / "images.npy")
-    tp = res.data["throughput"]
-    n = len(cache.array)
-
-    # BYOL: the real loop's rate (paper stage, else one epoch now) vs the step alone.
-    loop = res.data["paper"].get("byol", {}).get("loop_img_s")
-    if loop is None:
-        from alft_cli import api
-
-        r = api.pretrain(base, epochs=1, restart=True, **byol_options(args, device))
-        loop = r.images_per_second
-    batch = min(args.byol_batch, n)
-    images = [torch.from_numpy(cache.read(np.arange(s, s + batch))).to(device)
-              for s in range(0, min(n - batch, 3 * batch) + 1, batch)][:3]
-    model_rate = byol_model_only(args.backbone, images, device, args.hidden_dim,
-                                 args.proj_dim, steps=args.probe_steps)
-    res.set("throughput", "byol", {"batch": batch, "loop_img_s": round(loop, 1),
-                                   "model_only_img_s": round(model_rate, 1),
-                                   "ratio_loop_over_model": round(loop / model_rate, 3)})
-    del images
-    _free(device)
-
-    # Fine-tuning: the real loop (finetune.train) on up to 100 labels vs the step alone.
-    if clock.left() > 10:
-        tp_ft = _finetune_loop(args, base, labels_csv, cache, device, res)
-        model_s = tp.get("finetune_model_only_ms_per_step")
-        if model_s is None:
-            model_s = 1000 * probe_finetune_step(args, base, labels_csv, device, res)
-        tp_ft["model_only_ms_per_step"] = model_s
-        tp_ft["ratio_loop_over_model"] = round(model_s / tp_ft["loop_ms_per_step"], 3)
-        res.set("throughput", "finetune", tp_ft)
-        _free(device)
-    else:
-        complete = False
-
-    # Scoring: the query's streamed pass (features + MGE, top-m kept) vs the forward alone.
-    if clock.left() > 10:
-        complete &= _scoring(args, base, labels_csv, cache, device, res, clock)
-        _free(device)
-    else:
-        complete = False
-
-    # alft tag (onnxruntime) vs torch's forward on the same CPU, as bench_tag.py does.
-    if clock.left() > args.tag_min_seconds:
-        _tag(args, base, labels_csv, device, res)
-    else:
-        res.set("throughput", "tag", f"skipped: {clock.left():.0f}s left, needs "
-                                     f"{args.tag_min_seconds}s")
-        complete = False
-    return complete
-
-
-def _free(device: Any) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _finetune_loop(args: argparse.Namespace, base: Path, labels_csv: Path, cache: Any,
-                   device: Any, res: Results) -> dict[str, Any]:
-    from alft_cli import finetune as ft
-    from alft_cli.config import FinetuneConfig
-
-    ids, y, classes = _labeled_subset(base, labels_csv, args.ft_labels)
-    model = ft.build_classifier(args.backbone, classes, cache.channels, [0.5] * cache.channels,
-                                [0.25] * cache.channels)
-    cfg = FinetuneConfig(epochs=args.ft_probe_epochs, batch_size=args.ft_batch, lr_step=0,
-                         checkpoint_every=0, device=str(device))
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = ft.train(model, cache, ids, y, cfg, Path(tmp), device)
-    steps = args.ft_probe_epochs * math.ceil(len(ids) / args.ft_batch)
-    return {"labels": int(len(ids)), "batch": args.ft_batch, "epochs": args.ft_probe_epochs,
-            "loop_ms_per_step": round(1000 * outcome.seconds / steps, 2)}
-
-
-def _scoring(args: argparse.Namespace, base: Path, labels_csv: Path, cache: Any, device: Any,
-             res: Results, clock: Clock) -> bool:
-    import numpy as np
-
-    from alft_cli.embed import infer, infer_top
-    from alft_cli.finetune import load_model
-    from alft_cli.models import Classifier
-    from alft_cli.strategies import mge_scores
-
-    run = base.parent / "runs" / "s1" / "mge-clustering" / "seed0"
-    model_files = sorted(run.glob("rounds/round_*/model.pt"))
-    if model_files:
-        model, _ = load_model(model_files[-1])
-    else:
-        _, _, classes = _labeled_subset(base, labels_csv, 1)
-        model = Classifier(args.backbone, len(classes), in_channels=cache.channels)
-    model.to(device)
-    ids = np.arange(len(cache.array))
-    infer_top(model, cache, ids[:2 * args.score_batch], device, mge_scores, keep=20,
-              batch_size=args.score_batch)  # warm-up
-    started = time.perf_counter()
-    infer_top(model, cache, ids, device, mge_scores, keep=10 * args.budget,
-              batch_size=args.score_batch)
-    loop = len(ids) / (time.perf_counter() - started)
-    model_rate = res.data["throughput"].get("scoring_model_only_img_s")
-    if model_rate is None:
-        _, _, classes = _labeled_subset(base, labels_csv, 1)
-        model_rate = probe_scoring(args, base, device, res, len(classes))
-    res.set("throughput", "scoring", {"images": int(len(ids)), "batch": args.score_batch,
-                                      "loop_img_s": round(loop, 1),
-                                      "model_only_img_s": model_rate,
-                                      "ratio_loop_over_model": round(loop / model_rate, 3)})
-    if not model_files or clock.left() < 10:
-        return bool(model_files)
-    # alft query (model load + pass + strategy + query file + store) vs its pass alone.
-    from alft_cli import api
-    from alft_cli.project import open_project
-
-    project = open_project(run, readonly=True)
-    try:
-        labeled = set(int(i) for i in project.store.labels())
-        unlabeled = np.asarray([int(i) for i in project.store.sample_ids("pool")
-                                if int(i) not in labeled], dtype=np.int64)
-        run_cache = type(cache)(project.cache_path)
-    finally:
-        project.close()
-    infer(model, run_cache, unlabeled[:args.score_batch], device, args.score_batch)  # warm-up
-    started = time.perf_counter()
-    infer(model, run_cache, unlabeled, device, args.score_batch)
-    inference = time.perf_counter() - started
-    started = time.perf_counter()
-    api.query(run, budget=args.budget, strategy="mge-clustering", force=True,
-              device=str(device), batch_size=args.score_batch, seed=99)
-    query = time.perf_counter() - started
-    res.set("throughput", "query", {"unlabeled": int(len(unlabeled)),
-                                    "inference_s": round(inference, 2),
-                                    "query_s": round(query, 2),
-                                    "ratio_query_over_inference": round(query / inference, 3)})
-    return True
-
-
-def _tag(args: argparse.Namespace, base: Path, labels_csv: Path, device: Any,
-         res: Results) -> None:
-    """Export the last mge-clustering model, tag a subset of the archive with onnxruntime,
-    compare with torch's forward on the CPU at the same thread count (bench_tag.py)."""
-    import numpy as np
-    import torch
-
-    from alft_cli import api, tag
-    from alft_cli.finetune import load_model
-    from alft_cli.images import load_image
-
-    run = base.parent / "runs" / "s1" / "mge-clustering" / "seed0"
-    model_files = sorted(run.glob("rounds/round_*/model.pt"))
-    if not model_files:
-        res.set("throughput", "tag", "skipped: no trained model")
-        return
-    started = time.perf_counter()
-    exported = api.export(run, out=base.parent / "tag-model.onnx")
-    export_s = time.perf_counter() - started
-    with open(labels_csv) as handle:
-        keys = [line.split(",")[0] for line in handle.read().splitlines()[1:]]
-    keys = keys[:args.tag_images]
-    root = Path(json.loads((base / "config.json").read_text())["archive"])
-    subset = base.parent / "tag-subset"
-    for key in keys:
-        (subset / key).parent.mkdir(parents=True, exist_ok=True)
-        if not (subset / key).exists():  # tag refuses links that leave the archive
-            try:
-                os.link(root / key, subset / key)
-            except OSError:
-                shutil.copyfile(root / key, subset / key)
-    threads = tag.cpu_count()
-    out = base.parent / "tags.csv"
-    out.unlink(missing_ok=True)
-    result = tag.tag_archive(Path(exported.path), subset, out, device="auto", batch_size=32,
-                             threads=threads)
-    # torch's forward on the CPU, same threads, on the same images already decoded.
-    model, _ = load_model(model_files[-1])
-    model.eval()
-    size = args.image_size
-    x = np.stack([load_image(subset / k, size).array.transpose(2, 0, 1)
-                  for k in keys[:64]]).astype(np.float32)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            torch.sigmoid(model(torch.from_numpy(x[:8])))
-            started = time.perf_counter()
-            for i in range(0, len(x), 32):
-                torch.sigmoid(model(torch.from_numpy(x[i:i + 32])))
-            torch_rate = len(x) / (time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous)
-    res.set("throughput", "tag", {
-        "images": result.tagged, "provider": result.provider, "threads": threads,
-        "tag_img_s": round(result.images_per_second, 1),
-        "torch_cpu_model_only_img_s": round(torch_rate, 1),
-        "ratio_tag_over_torch_cpu": round(result.images_per_second / torch_rate, 3),
-        "export_s": round(export_s, 1)})
-    del device
-
-
-# ---------------------------------------------------------------------------------- summary
-def summary_markdown(d: dict[str, Any]) -> str:
-    """The human-readable account (what goes into docs/RESULTS.md and bench/RESULTS.md)."""
-    lines = [f"# alft GPU check, {d['started']}", "",
-             f"Deadline {d['deadline_s']} s; elapsed {d.get('elapsed_s', 0)} s.", "",
-             "| stage | state | at s | note |", "|---|---|---:|---|"]
-    for name, s in d["stages"].items():
-        lines.append(f"| {name} | {s['state']} | {s['at_s']} | {s.get('note', '')} |")
-    env = d["env"]
-    if env:
-        basics, dev = env.get("basics", {}), env.get("device", {})
-        pk = basics.get("packages", {})
-        lines += ["", "## Machine", "",
-                  f"- {dev.get('gpu', dev.get('device', '?'))}"
-                  + (f", capability {dev.get('capability')}, {dev.get('gpu_memory_gib')} GiB"
-                     if "gpu" in dev else "")
-                  + f"; {basics.get('cpus')} CPUs; Python {basics.get('python')}",
-                  f"- torch {pk.get('torch')} (CUDA {dev.get('torch_cuda')}, cuDNN "
-                  f"{dev.get('cudnn')}), torchvision {pk.get('torchvision')}, numpy "
-                  f"{pk.get('numpy')}, onnxruntime {pk.get('onnxruntime')} "
-                  f"{dev.get('onnxruntime_providers', '')}",
-                  f"- pydantic {pk.get('pydantic')}, typer {pk.get('typer')}, scikit-learn "
-                  f"{pk.get('sklearn')}, matplotlib {pk.get('matplotlib')}; alft imports: "
-                  f"{basics.get('alft_imports')}; carried wheels: "
-                  f"{basics.get('carried_wheels') or 'none'}"]
-        if "matmul" in env:
-            m = env["matmul"]
-            lines.append(f"- matmul {m['n']}^3 {m['dtype']}: {m['tflop_s']} TFLOP/s")
-    p = d["paper"]
-    if p:
-        lines += ["", "## Paper configuration (what fitted)", ""]
-        if "index" in p:
-            i = p["index"]
-            lines.append(f"- index: {i['archive']}, {i['images']} images at "
-                         f"{i['image_size']} px in {i['seconds']} s")
-        if "byol" in p:
-            b = p["byol"]
-            lines.append(f"- BYOL {b['backbone']}, batch {b['batch_size']}: "
-                         f"{b.get('epochs_done', '?')} epochs (planned "
-                         f"{b.get('epochs_planned', '?')}) in {b.get('seconds_total', '?')} s, "
-                         f"loop {b.get('loop_img_s', '?')} img/s, first epoch "
-                         f"{b['first_epoch_s']} s, final loss {b.get('final_loss', '?')}")
-        if "al_plan" in p:
-            a = p["al_plan"]
-            lines.append(f"- AL: seed 0, {', '.join(a['strategies'])}, {a['initial']} + "
-                         f"{a['budget']}/round up to {a['max_labels']} labels (asked "
-                         f"{a['max_labels_asked']}), fine-tuning {a['finetune']}; estimated "
-                         f"{a['seconds_estimated']} s of {a['seconds_available']} s")
-        if p.get("al", {}).get("rounds"):
-            al = p["al"]
-            lines += [f"- simulate: complete={al['complete']} in {al['seconds']} s", "",
-                      "| strategy | labels | test micro-F1 | test macro-F1 | test mAP |",
-                      "|---|---:|---:|---:|---:|"]
-            for r in al["rounds"]:
-                lines.append(f"| {r['strategy']} | {r['labeled']} | "
-                             f"{r.get('test_micro_f1', '')} | {r.get('test_macro_f1', '')} | "
-                             f"{r.get('test_mAP', '')} |")
-    t = d["throughput"]
-    if t:
-        lines += ["", "## Throughput (loop ÷ model-only)", "",
-                  "| what | loop | model only | ratio |", "|---|---:|---:|---:|"]
-        if isinstance(t.get("byol"), dict):
-            b = t["byol"]
-            lines.append(f"| BYOL img/s (batch {b['batch']}) | {b['loop_img_s']} | "
-                         f"{b['model_only_img_s']} | {b['ratio_loop_over_model']} |")
-        if isinstance(t.get("finetune"), dict):
-            f = t["finetune"]
-            lines.append(f"| fine-tune ms/step (batch {f['batch']}, {f['labels']} labels) | "
-                         f"{f['loop_ms_per_step']} | {f['model_only_ms_per_step']} | "
-                         f"{f['ratio_loop_over_model']} (model ÷ loop) |")
-        if isinstance(t.get("scoring"), dict):
-            s = t["scoring"]
-            lines.append(f"| scoring img/s (batch {s['batch']}, {s['images']} images) | "
-                         f"{s['loop_img_s']} | {s['model_only_img_s']} | "
-                         f"{s['ratio_loop_over_model']} |")
-        if isinstance(t.get("query"), dict):
-            q = t["query"]
-            lines.append(f"| alft query s vs its pass ({q['unlabeled']} images) | "
-                         f"{q['query_s']} | {q['inference_s']} | "
-                         f"{q['ratio_query_over_inference']} (query ÷ pass) |")
-        if isinstance(t.get("tag"), dict):
-            g = t["tag"]
-            lines.append(f"| alft tag img/s ({g['provider']}, {g['threads']} threads) vs "
-                         f"torch CPU | {g['tag_img_s']} | {g['torch_cpu_model_only_img_s']} | "
-                         f"{g['ratio_tag_over_torch_cpu']} |")
-        for key, value in t.items():
-            if isinstance(value, str):
-                lines.append(f"| {key} | {value} | | |")
-    errors = [(n, s) for n, s in d["stages"].items() if s.get("error")]
-    for name, s in errors:
-        lines += ["", f"## Error in {name}", "", "```", s["error"].rstrip(), "```"]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ main
@@ -888,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         run("byol", stage_byol, args, base, device, res, clock)
         step_s = run("probe finetune", probe_finetune_step, args, base, labels_csv, device,
                      res)
-        n_classes = len(_labeled_subset(base, labels_csv, 1)[2])
+        n_classes = len(labeled_subset(base, labels_csv, 1)[2])
         score = run("probe scoring", probe_scoring, args, base, device, res, n_classes)
         from alft_cli import api
 
