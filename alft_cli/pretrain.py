@@ -98,6 +98,9 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
     model = BYOL(backbone, feature_dim, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim)
     if info.enabled:
         model = distributed.sync_batchnorm(model, device)
+        if info.is_main and device.type == "cuda":
+            rep.info(f"BYOL on {info.world_size} GPUs: BatchNorm statistics synchronised over "
+                     f"the global batch of {global_batch} (SyncBatchNorm, as in BYOL)")
     normalize = Normalize(mean, std).to(device)
     model.to(device)
     model_to_device_layout(model, device)
