@@ -19,6 +19,8 @@ the script fails if it exceeds the lease's 64 MiB.
 Usage:
     python bench/gpu_prepare.py                     # wheels for the device + UC Merced
     python bench/gpu_prepare.py --no-data           # wheels only
+    python bench/gpu_prepare.py --skip rasterio     # leave out a dependency the check
+        # does not need (when carrying it would pass 64 MiB)
     python bench/gpu_prepare.py --this-python --wheels DIR --no-data   # wheels for the
         # running interpreter and platform (the CPU test of bench/gpu_check.sh uses this)
 """
@@ -106,10 +108,13 @@ def _requirements(name: str, python_version: str) -> list[str]:
     return out
 
 
-def wheels_to_carry(python_version: str = DEVICE_PYTHON) -> dict[str, str]:
-    """``{distribution: version installed here}`` of everything to carry."""
+def wheels_to_carry(python_version: str = DEVICE_PYTHON,
+                    skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``{distribution: version installed here}`` of everything to carry, leaving out the
+    dependencies in ``skip`` (and what only they need)."""
     todo = [d for d in project_dependencies()
-            if SAME_MODULE.get(d, d) not in DEVICE_PACKAGES] + list(ALWAYS_CARRY)
+            if SAME_MODULE.get(d, d) not in DEVICE_PACKAGES and d not in skip
+            ] + list(ALWAYS_CARRY)
     chosen: dict[str, str] = {}
     while todo:
         name = todo.pop()
@@ -168,11 +173,16 @@ def main() -> None:
     parser.add_argument("--this-python", action="store_true",
                         help="wheels for this interpreter and platform instead of the device")
     parser.add_argument("--list", action="store_true", help="only print what would be carried")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated dependencies not to carry (e.g. one that alft "
+                             "imports only for inputs the check does not use), to stay "
+                             "under 64 MiB")
     args = parser.parse_args()
 
     python_version = (f"{sys.version_info.major}.{sys.version_info.minor}" if args.this_python
                       else DEVICE_PYTHON)
-    wanted = wheels_to_carry(python_version)
+    skip = frozenset(normalise(n) for n in args.skip.split(",") if n.strip())
+    wanted = wheels_to_carry(python_version, skip)
     print("wheels to carry: " + ", ".join(f"{k}=={v}" for k, v in wanted.items()))
     if args.list:
         return
