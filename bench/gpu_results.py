@@ -41,12 +41,13 @@ class Results:
         self.write()
 
     def write(self) -> None:
+        # The files too under the lock: the watchdog thread writes them as well, through the
+        # same temp names.
         with self.lock:
             self.data["elapsed_s"] = round(time.time() - self.started_at, 1)
             text = json.dumps(self.data, indent=2, default=str)
-            summary = summary_markdown(self.data)
-        _atomic_write(self.out / "results.json", text + "\n")
-        _atomic_write(self.out / "summary.md", summary)
+            _atomic_write(self.out / "results.json", text + "\n")
+            _atomic_write(self.out / "summary.md", summary_markdown(self.data))
 
 
 def _atomic_write(path: Path, text: str) -> None:

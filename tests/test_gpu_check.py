@@ -64,7 +64,7 @@ def _run(python: Path, carry: Path, out: Path, work: Path, *args: str
     env.update(PYTHON=str(python), OUT=str(out), ALFT_CARRY=str(carry),
                ALFT_SITE=str(work / "site"), OMP_NUM_THREADS="1")
     return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--work", str(work),
-                           *args], capture_output=True, text=True, env=env, timeout=300)
+                           *args], capture_output=True, text=True, env=env, timeout=420)
 
 
 def _check_out_folder(out: Path) -> None:
@@ -81,7 +81,9 @@ def test_gpu_check_runs_where_pydantic_is_missing_and_writes_every_file(device_l
                            text=True, env={**os.environ, "PYTHONPATH": ""})
     assert probe.returncode != 0 and "pydantic" in probe.stderr  # as on the device
     out = tmp_path / "out"
-    proc = _run(python, carry, out, tmp_path / "work", "--deadline-min", "1.5", *TINY)
+    # A deadline far beyond what the tiny settings need (they cap epochs and labels): the
+    # run must finish everything, also on a loaded machine.
+    proc = _run(python, carry, out, tmp_path / "work", "--deadline-min", "4", *TINY)
     log = (out / "log.txt").read_text()
     assert proc.returncode == 0, log[-3000:]
     assert "installing 5 carried wheels" in log
@@ -121,19 +123,23 @@ def test_gpu_check_runs_where_pydantic_is_missing_and_writes_every_file(device_l
 def test_gpu_check_leaves_partial_results_when_time_runs_out(device_like, tmp_path):
     python, carry = device_like
     out = tmp_path / "out"
-    # BYOL asked for far more time than the deadline: the watchdog must end the run and the
-    # figures learned before must be there.
-    proc = _run(python, carry, out, tmp_path / "work", "--deadline-min", "0.25", "--grace-s",
+    # BYOL asked for far more time than the deadline: the watchdog must end the run (in
+    # BYOL, or earlier on a very loaded machine) and leave what was learned before.
+    proc = _run(python, carry, out, tmp_path / "work", "--deadline-min", "0.5", "--grace-s",
                 "2", "--only", "env,paper", *TINY[:-6], "--byol-share", "50",
                 "--byol-max-epochs", "100000", "--throughput-reserve", "0")
     log = (out / "log.txt").read_text()
     assert proc.returncode == 75, log[-3000:]
     _check_out_folder(out)
     res = json.loads((out / "results.json").read_text())
-    assert res["stages"]["env"]["state"] == "done"
-    assert res["stages"]["byol"]["state"] == "cut by the deadline watchdog"
-    assert res["paper"]["byol"]["first_epoch_s"] > 0
+    states = [s["state"] for s in res["stages"].values()]
+    assert states[-1] == "cut by the deadline watchdog", res["stages"]
+    assert all(state == "done" for state in states[:-1]), res["stages"]
+    assert res["elapsed_s"] <= 30 + 2 + 5
+    if res["stages"].get("byol", {}).get("state") == "cut by the deadline watchdog":
+        assert res["paper"]["byol"]["first_epoch_s"] > 0  # written before the cut
     assert "cut by the deadline watchdog" in (out / "summary.md").read_text()
+    assert "watchdog: deadline passed" in log
 
 
 @pytest.mark.slow
