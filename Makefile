@@ -25,9 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## Skip the slow end-to-end tests.
+## Skip the slow end-to-end tests and those against a real Label Studio server.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not labelstudio"
 
 lint: $(STAMP)
 	$(BIN)/ruff check alft_cli tests bench

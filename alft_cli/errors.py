@@ -43,3 +43,7 @@ class OptionError(AlftError):
 
 class CheckpointError(AlftError):
     """A checkpoint or weights file is missing, unsafe, or does not fit the model."""
+
+
+class LabelStudioError(AlftError):
+    """A Label Studio server refused, failed or could not be reached; nothing was changed."""

@@ -84,3 +84,22 @@ def project(tiny_archive, tmp_path):
     api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv, initial=10,
                   image_size=32, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server for this session (tests/lsserver.py), stopped at the end.
+
+    Its local-files document root is pytest's temporary folder, so the archives that tests
+    make there can be served. If it cannot start, the tests that use it fail with its log
+    tail: they are marked ``labelstudio`` (``make test-fast`` leaves them out), never skipped.
+    """
+    from lsserver import ServerFailed, start_server
+
+    try:
+        server = start_server(tmp_path_factory.mktemp("label-studio"),
+                              document_root=tmp_path_factory.getbasetemp())
+    except ServerFailed as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
