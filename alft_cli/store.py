@@ -4,7 +4,9 @@ Every write happens inside :meth:`Store.transaction`, so a command either commit
 change or leaves the store as it was (a crash mid-way rolls back on the next open). Labels are
 stored as one string of ``0``/``1`` per sample in project class order, with the round that
 added them. Gold labels (``--labels`` at init-pool) live in their own table and only for val
-and test samples: pool labels arrive only through ``import-labels``.
+and test samples: pool labels arrive only through ``import-labels``. Where a query was pushed to
+a Label Studio server, ``ls_links`` and ``ls_tasks`` record where (URL, project id) and which
+task holds each queried sample.
 """
 
 from __future__ import annotations
@@ -93,6 +95,29 @@ CREATE TABLE runs (
 );
 """
 
+# Added after schema 1 shipped: only `alft labelstudio push` writes them, and it creates them
+# (IF NOT EXISTS) in its own transaction, so projects made before keep working and older alft
+# versions, which never read them, still open the store (no schema version change).
+_LS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ls_links (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,                     -- the server as given to push (no credentials)
+    project_id INTEGER NOT NULL,           -- Label Studio project id
+    title TEXT,
+    last_push_at TEXT NOT NULL,
+    push_seq INTEGER NOT NULL,             -- larger = pushed to more recently (pull uses it)
+    UNIQUE (url, project_id)
+);
+CREATE TABLE IF NOT EXISTS ls_tasks (
+    link_id INTEGER NOT NULL REFERENCES ls_links(id),
+    round INTEGER NOT NULL,
+    sample_id INTEGER NOT NULL REFERENCES samples(id),
+    task_id INTEGER NOT NULL,
+    pushed_at TEXT NOT NULL,
+    PRIMARY KEY (link_id, round, sample_id)
+);
+"""
+
 
 def now_iso() -> str:
     """UTC timestamp, second precision, ISO 8601."""
@@ -138,6 +163,17 @@ class RoundRecord:
     metrics: dict[str, Any] | None
     train_config: dict[str, Any] | None
     trained_at: str | None
+
+
+@dataclass(frozen=True)
+class LsLink:
+    """A Label Studio project that queries were pushed to."""
+
+    id: int
+    url: str
+    project_id: int
+    title: str | None
+    last_push_at: str
 
 
 class Store:
@@ -363,6 +399,55 @@ class Store:
     def queried_ids(self, round_: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "SELECT sample_id FROM queries WHERE round=? ORDER BY rank", (round_,))]
+
+    # -- Label Studio link (alft labelstudio push/pull/status) -----------------------------
+    def has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                 (name,)).fetchone() is not None
+
+    def ls_link_save(self, url: str, project_id: int, title: str | None) -> int:
+        """Record a push to ``url``'s project ``project_id``; returns the link id.
+
+        Creates the Label Studio tables on first use; call inside a transaction.
+        """
+        # One statement at a time: executescript would commit the caller's transaction first.
+        for statement in filter(str.strip, _LS_SCHEMA.split(";")):
+            self.conn.execute(statement)
+        seq = self.conn.execute("SELECT COALESCE(MAX(push_seq), 0) + 1 FROM ls_links"
+                                ).fetchone()[0]
+        self.conn.execute(
+            "INSERT INTO ls_links(url, project_id, title, last_push_at, push_seq) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(url, project_id) DO UPDATE SET "
+            "title=excluded.title, last_push_at=excluded.last_push_at, "
+            "push_seq=excluded.push_seq", (url, int(project_id), title, now_iso(), seq))
+        row = self.conn.execute("SELECT id FROM ls_links WHERE url=? AND project_id=?",
+                                (url, int(project_id))).fetchone()
+        return int(row[0])
+
+    def ls_tasks_save(self, link_id: int, round_: int, items: Iterable[tuple[int, int]]) -> None:
+        """Record (sample_id, task_id) pairs pushed for ``round_`` (a task re-made replaces)."""
+        at = now_iso()
+        self.conn.executemany(
+            "INSERT INTO ls_tasks(link_id, round, sample_id, task_id, pushed_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(link_id, round, sample_id) DO UPDATE SET "
+            "task_id=excluded.task_id, pushed_at=excluded.pushed_at",
+            ((link_id, round_, int(s), int(t), at) for s, t in items))
+
+    def ls_current_link(self) -> LsLink | None:
+        """The Label Studio project pushed to last (None if never)."""
+        if not self.has_table("ls_links"):
+            return None
+        row = self.conn.execute("SELECT id, url, project_id, title, last_push_at FROM ls_links "
+                                "ORDER BY push_seq DESC LIMIT 1").fetchone()
+        return LsLink(*row) if row else None
+
+    def ls_tasks(self, link_id: int) -> dict[tuple[int, int], int]:
+        """(round, sample_id) -> task id of everything pushed to a link."""
+        if not self.has_table("ls_tasks"):
+            return {}
+        rows = self.conn.execute("SELECT round, sample_id, task_id FROM ls_tasks "
+                                 "WHERE link_id=?", (link_id,))
+        return {(r, s): t for r, s, t in rows}
 
     # -- runs (an audit trail of commands) -------------------------------------------------
     def start_run(self, command: str, args: dict[str, Any]) -> int:
