@@ -381,6 +381,16 @@ class Store:
             "SELECT round, sample_id FROM queries WHERE state='pending' ORDER BY round, rank"
         ).fetchall()
 
+    def pending_queries(self) -> list[tuple[int, int, int, float | None, int | None]]:
+        """(round, sample_id, rank, score, cluster) of pending queries, by round then rank."""
+        return self.conn.execute(
+            "SELECT round, sample_id, rank, score, cluster FROM queries WHERE state='pending' "
+            "ORDER BY round, rank").fetchall()
+
+    def query_sizes(self) -> dict[int, int]:
+        """round -> the size of its query (its largest rank, every state counted)."""
+        return dict(self.conn.execute("SELECT round, MAX(rank) FROM queries GROUP BY round"))
+
     def pending_round_of(self) -> dict[int, int]:
         return dict((sid, r) for r, sid in self.pending())
 
