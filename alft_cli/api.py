@@ -11,6 +11,7 @@ import_labels      :mod:`alft_cli.labels` (read the file), :mod:`alft_cli.answer
 pretrain           :mod:`alft_cli.routes` (BYOL / noisy labels / supplied weights)
 finetune           :mod:`alft_cli.routes` (warm start), :mod:`alft_cli.finetune` (BCE loop)
 query              :mod:`alft_cli.scoring` (pool pass + strategy), :mod:`alft_cli.labels`
+labelstudio_*      :mod:`alft_cli.labelstudio_rounds` (server side), then import_labels
 status / doctor    the store; :mod:`alft_cli.checks`
 export / tag       :mod:`alft_cli.export`, :mod:`alft_cli.tag`
 =================  ==========================================================
@@ -39,16 +40,17 @@ from alft_cli.checks import DoctorReport
 from alft_cli.errors import OptionError
 from alft_cli.indexing import InitPoolResult
 from alft_cli.labels import QueryRow, read_label_file, write_query_csv
-from alft_cli.labels.labelstudio import write_label_studio_files
+from alft_cli.labels.lstasks import image_url_function, write_label_studio_files
 from alft_cli.labels.queryfiles import fresh_path
 from alft_cli.progress import reporter
 from alft_cli.project import Project, open_project, project_lock
 from alft_cli.routes import PretrainResult
 
 __all__ = [
-    "DoctorReport", "FinetuneResult", "ImportResult", "InitPoolResult", "PretrainResult",
-    "QueryResult", "adopt_pretrained", "demo_data", "doctor", "exclude_samples", "export",
-    "finetune", "import_labels", "init_pool", "pretrain", "query", "status", "tag",
+    "DoctorReport", "FinetuneResult", "ImportResult", "InitPoolResult", "LsPullResult",
+    "LsPushResult", "PretrainResult", "QueryResult", "adopt_pretrained", "demo_data", "doctor",
+    "exclude_samples", "export", "finetune", "import_labels", "init_pool", "labelstudio_pull",
+    "labelstudio_push", "labelstudio_status", "pretrain", "query", "status", "tag",
 ]
 
 PAPER_VAL_FRACTION = 0.25
@@ -110,6 +112,9 @@ def init_pool(
     seed: int = 0,
     workers: int | None = None,
     index_from: Path | str | None = None,
+    fmt: str = "csv",
+    image_url_prefix: str | None = None,
+    document_root: Path | str | None = None,
 ) -> InitPoolResult:
     """Index an archive into a new project: splits, decode cache, initial to-label list.
 
@@ -117,6 +122,8 @@ def init_pool(
     pool samples get labels only through :func:`import_labels`. Without gold labels there is
     nothing to evaluate against, so val/test default to empty. ``index_from`` (another
     project over the same archive) reuses its index and decode cache instead of decoding.
+    ``fmt="label-studio"`` also writes the initial list as Label Studio tasks (no
+    predictions: there is no model yet), as :func:`query` does.
     """
     import time
 
@@ -140,11 +147,23 @@ def init_pool(
         raise OptionError("--initial must be >= 0")
     if not 16 <= image_size <= 4096:
         raise OptionError("--image-size must be between 16 and 4096")
+    if fmt not in ("csv", "label-studio"):
+        raise OptionError(f"--format {fmt!r}: use csv or label-studio")
+    if fmt == "label-studio":  # refuse a document root that cannot serve it before indexing
+        image_url_function(Path(archive).resolve(), prefix=image_url_prefix, root=document_root)
     result = create_project(
         Path(archive), root, classes=class_list, labels_file=labels_file,
         val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
         image_size=image_size, in_channels=in_channels, seed=seed, workers=workers,
         index_from=Path(index_from) if index_from is not None else None)
+    if fmt == "label-studio" and result.query_file is not None:
+        with _reading(root) as project:
+            keys = project.store.keys_by_id()
+            rows = [QueryRow(keys[s], rank, float("nan"), -1, None)
+                    for _, s, rank, _, _ in project.store.pending_queries()]
+            result.label_studio_files = write_label_studio_files(
+                result.query_file, rows, project.classes, project.archive, "alft", round_=0,
+                image_url_prefix=image_url_prefix, root=document_root, project_dir=root)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -416,7 +435,8 @@ class QueryResult:
 def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
           candidates: int | None = None, seed: int = 0, out: Path | str | None = None,
           fmt: str = "csv", force: bool = False, device: str = "auto",
-          batch_size: int = 64, image_url_prefix: str | None = None) -> QueryResult | None:
+          batch_size: int = 64, image_url_prefix: str | None = None,
+          document_root: Path | str | None = None) -> QueryResult | None:
     """Choose ``budget`` unlabeled pool images to label next; write the query file.
 
     One inference pass over the unlabeled pool gives features h and probabilities p; the
@@ -466,6 +486,8 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         if strategy in NEEDS_MODEL and model_rec is None:
             raise OptionError(f"--strategy {strategy} needs a trained model: run alft "
                               "finetune first (or use --strategy random, kmeans or typiclust)")
+        if fmt == "label-studio":  # an unusable document root is refused before scoring
+            image_url_function(project.archive, prefix=image_url_prefix, root=document_root)
         current = store.current_round()
         cur_rec = store.round(current) if current is not None else None
         # A round whose query nobody answered yet (no labels, no model) is replaced rather
@@ -497,7 +519,8 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         if fmt == "label-studio":
             ls_files = write_label_studio_files(
                 query_path, rows, project.classes, project.archive,
-                f"alft-r{model_rec.round}" if model_rec else "alft", image_url_prefix)
+                f"alft-r{model_rec.round}" if model_rec else "alft", round_=new_round,
+                image_url_prefix=image_url_prefix, root=document_root, project_dir=project.root)
         with store.transaction():
             cancelled = store.cancel_pending() if force else 0
             if reuse:
@@ -519,6 +542,141 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         return QueryResult(new_round, strategy, query_path, len(chosen), budget,
                            len(unlabeled), model_rec.round if model_rec else None, ls_files,
                            cancelled, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# labelstudio push / pull / status: the pending query in a live Label Studio project
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LsPushResult:
+    """What labelstudio push did."""
+
+    url: str
+    project_id: int
+    title: str
+    created: bool
+    pushed: int
+    added: int
+    existing: int
+    rounds: list[int]
+    images: str
+    notes: list[str] = field(default_factory=list)
+
+
+def labelstudio_push(project_dir: Path | str, *, api_key: str, url: str | None = None,
+                     ls_project: int | None = None, create: str | None = None,
+                     image_url_prefix: str | None = None,
+                     document_root: Path | str | None = None) -> LsPushResult:
+    """Send the pending images to a Label Studio project as tasks, and record where.
+
+    ``create`` makes a project with alft's labeling config; otherwise ``ls_project`` (default:
+    the one pushed to last) must have a config naming the project classes. Tasks are
+    recognised by ``data.alft_key`` and ``data.alft_round``, so pushing again adds none twice.
+    The link (URL, project id, task id per image) is stored in one transaction once the
+    server holds the tasks; a push that dies before that is simply run again.
+    """
+    from alft_cli import labelstudio_rounds
+
+    if ls_project is not None and create:
+        raise OptionError("--ls-project and --create: give one (an existing project or a new one)")
+    args = {"url": url, "project": ls_project, "create": create,
+            "image_url_prefix": image_url_prefix,
+            "document_root": str(document_root) if document_root else None}
+    with _writing(project_dir, "labelstudio push", args) as project:
+        store = project.store
+        plan = labelstudio_rounds.push(
+            project, store.ls_current_link(), api_key=api_key, url=url, ls_project=ls_project,
+            create=create, image_url_prefix=image_url_prefix, document_root=document_root)
+        with store.transaction():
+            link = store.ls_link_save(plan.url, plan.project.id, plan.project.title)
+            for round_, items in plan.task_ids.items():
+                store.ls_tasks_save(link, round_, items)
+        return LsPushResult(plan.url, plan.project.id, plan.project.title, plan.created,
+                            sum(len(v) for v in plan.task_ids.values()), plan.added,
+                            plan.existing, sorted(plan.task_ids), plan.images, plan.notes)
+
+
+@dataclass
+class LsPullResult:
+    """What labelstudio pull did: counts of the pushed pending tasks at its last look."""
+
+    url: str
+    project_id: int
+    imported: int  # tasks whose answers were imported (all looks together)
+    skipped: int  # skipped in Label Studio: still pending
+    untouched: int  # nobody answered yet: still pending
+    not_pushed: int  # pending images without a task (push them)
+    pending_left: int
+    files: list[Path]  # the Label Studio exports written and imported
+    looks: int
+    notes: list[str] = field(default_factory=list)
+
+
+def labelstudio_pull(project_dir: Path | str, *, api_key: str, url: str | None = None,
+                     wait: bool = False, timeout_s: float = 3600.0,
+                     interval_s: float = 30.0) -> LsPullResult:
+    """Import the answers given in Label Studio to the pushed pending images.
+
+    Each look exports the pushed tasks of the pending images; those with a submitted answer
+    are written as a Label Studio JSON export in the round folder and imported by
+    :func:`import_labels`: the same validation, all or nothing, newest annotation wins.
+    Skipped and unanswered tasks stay pending. With ``wait`` it looks again every
+    ``interval_s`` until no task is left unanswered or ``timeout_s`` has passed.
+    """
+    import time
+
+    from alft_cli import labelstudio_rounds
+
+    if wait and not (timeout_s > 0 and interval_s > 0):
+        raise OptionError("--timeout and --interval must be positive")
+    deadline = time.monotonic() + timeout_s
+    files: list[Path] = []
+    notes: list[str] = []
+    imported = looks = 0
+    with reporter().task("answers from Label Studio", total=None) as progress:
+        while True:
+            looks += 1
+            with _reading(project_dir) as project:
+                got = labelstudio_rounds.fetch(project, project.store.ls_current_link(),
+                                               api_key=api_key, url=url)
+                round_dir = project.round_dir(got.round)
+            if got.counts["done"]:
+                answered = [t for t in got.exported if t.get("annotations")]
+                file = fresh_path(round_dir / "label-studio-pull.json")
+                with atomic_open(file, "w") as fh:
+                    json.dump(answered, fh, ensure_ascii=False, indent=1)
+                result = import_labels(project_dir, file)
+                files.append(file)
+                imported += got.counts["done"]
+                notes += result.notes
+            progress.update(total=imported + got.counts["skipped"] + got.counts["untouched"],
+                            completed=imported, left=got.counts["untouched"])
+            if not wait or not got.counts["untouched"] or time.monotonic() >= deadline:
+                break
+            time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
+    with _reading(project_dir) as project:
+        pending_left = len(project.store.pending())
+    return LsPullResult(got.url, got.project.id, imported, got.counts["skipped"],
+                        got.counts["untouched"], got.not_pushed, pending_left, files, looks,
+                        notes)
+
+
+def labelstudio_status(project_dir: Path | str, *, api_key: str,
+                       url: str | None = None) -> dict[str, Any]:
+    """Where the pending images were pushed and how many are answered; changes nothing.
+
+    Keys: ``url``, ``project_id``, ``title``, ``last_push_at``, ``pushed`` (pending images
+    with a task), ``done`` (a submitted answer, not imported yet), ``skipped``,
+    ``untouched``, ``not_pushed``.
+    """
+    from alft_cli import labelstudio_rounds
+
+    with _reading(project_dir) as project:
+        link = project.store.ls_current_link()
+        got = labelstudio_rounds.fetch(project, link, api_key=api_key, url=url)
+        return {"url": got.url, "project_id": got.project.id, "title": got.project.title,
+                "last_push_at": link.last_push_at, "pushed": len(got.exported), **got.counts,
+                "not_pushed": got.not_pushed}
 
 
 # --------------------------------------------------------------------------------------------

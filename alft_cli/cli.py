@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alft_cli import __version__
+from alft_cli.cli_labelstudio import DocumentRootOpt, ImageUrlPrefixOpt, labelstudio_app
 from alft_cli.errors import AlftError
 from alft_cli.progress import RichReporter, set_reporter
 
@@ -36,6 +37,7 @@ app = typer.Typer(
 
 out = Console(highlight=False, soft_wrap=True)
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.")]
+app.add_typer(labelstudio_app)
 
 
 def _version(value: bool) -> None:
@@ -96,17 +98,27 @@ def init_pool(
     in_channels: Annotated[int, typer.Option(help="Bands per image (3 = RGB).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed for the split and the initial set.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
+    format: Annotated[str, typer.Option("--format", help="csv | label-studio (also writes "
+                                        "the initial list as Label Studio tasks, labeling "
+                                        "config and README.txt)")] = "csv",
+    image_url_prefix: ImageUrlPrefixOpt = None,
+    document_root: DocumentRootOpt = None,
 ) -> None:
     """Index an archive into a new project; write the initial to-label list.
 
     Example:  alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
+
+    The initial list goes to Label Studio like any query: --format label-studio writes it as
+    tasks (without suggestions: there is no model yet), or push it with alft labelstudio
+    push -p proj --create TITLE.
     """
     from alft_cli import api
 
     r = api.init_pool(archive, project, classes=classes, labels_file=labels,
                       val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
                       image_size=image_size, in_channels=in_channels, seed=seed,
-                      workers=workers)
+                      workers=workers, fmt=format, image_url_prefix=image_url_prefix,
+                      document_root=document_root)
     out.print(f"project {r.project}: {r.indexed} images indexed in {r.seconds:.1f} s "
               f"(pool {r.splits['pool']}, val {r.splits['val']}, test {r.splits['test']}), "
               f"{len(r.classes)} classes")
@@ -116,7 +128,10 @@ def init_pool(
         out.print(f"note: {note}")
     if r.query_file:
         out.print(f"initial to-label list ({r.initial} images): {r.query_file}")
-        out.print(f"next: label them, then  alft import-labels FILE -p {r.project}")
+        for path in r.label_studio_files:
+            out.print(f"label studio: {path}")
+        out.print(f"next: label them, then  alft import-labels FILE -p {r.project}  (or: "
+                  f"alft labelstudio push -p {r.project} --create TITLE, then pull)")
 
 
 @app.command("import-labels")
@@ -311,9 +326,8 @@ def query(
                                         "tasks JSON and labeling config XML)")] = "csv",
     force: Annotated[bool, typer.Option(help="Cancel a pending query and make a new one.")
                      ] = False,
-    image_url_prefix: Annotated[str | None, typer.Option(
-        help="Label Studio image URL prefix (default: local-files URL of the archive).")
-    ] = None,
+    image_url_prefix: ImageUrlPrefixOpt = None,
+    document_root: DocumentRootOpt = None,
     batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
@@ -322,12 +336,21 @@ def query(
     Example:  alft query -p proj --budget 20 --strategy mge-clustering
 
     Several GPUs score a large pool together:  torchrun --nproc_per_node=4 -m alft_cli query -p proj
+
+    --format label-studio writes, next to the query file, the tasks (query.label-studio.json,
+    the model's suggestions as predictions whose score is alft's order), the labeling config
+    and a README.txt with the steps. Label Studio shows the images through its local-files
+    serving: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
+    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above the archive, and give its
+    project a Local Files storage (not synced) whose path is the archive; --image-url-prefix
+    loads them from anywhere else. Or skip the files:  alft labelstudio push -p proj
     """
     from alft_cli import api
 
     r = api.query(project, budget=budget, strategy=strategy, candidates=candidates,
                   seed=seed, out=out_file, fmt=format, force=force, device=device,
-                  batch_size=batch_size, image_url_prefix=image_url_prefix)
+                  batch_size=batch_size, image_url_prefix=image_url_prefix,
+                  document_root=document_root)
     if r is None:  # a helper rank under torchrun: rank 0 reports
         return
     for note in r.notes:
@@ -338,8 +361,9 @@ def query(
     out.print(f"query file: {r.query_file}")
     for path in r.label_studio_files:
         out.print(f"label studio: {path}")
-    out.print(f"next: label them (the 'labels' column holds the model's suggestion), then "
-              f"alft import-labels FILE -p {project}")
+    column = ("the 'labels' column holds the model's suggestion" if r.model_round is not None
+              else "no model yet: the 'labels' column starts empty")
+    out.print(f"next: label them ({column}), then alft import-labels FILE -p {project}")
 
 
 @app.command("export")

@@ -42,6 +42,7 @@ class InitPoolResult:
     seconds: float
     skipped_file: Path | None = None
     notes: list[str] = field(default_factory=list)
+    label_studio_files: list[Path] = field(default_factory=list)
 
 
 def create_project(

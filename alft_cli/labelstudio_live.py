@@ -25,9 +25,9 @@ layer over the official client (``label-studio-sdk``) that adds what alft needs 
 * **Answers as an export.** :meth:`Client.export` downloads the pushed tasks with Label
   Studio's own JSON export, so a pull reads exactly the file a person would download.
 
-Order: tasks are imported in alft's query order, so their ids ascend in that order, and each
-prediction's ``score`` is :func:`order_score` of its rank, so sorting the data manager by
-prediction score ascending (Community Edition) also lists the images as alft ranked them.
+The tasks themselves (image URLs, predictions, order scores) are made by
+:mod:`alft_cli.labels.lstasks`, the same for a push as for a task file. Tasks are imported in
+alft's order, so their ids ascend in that order too.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from alft_cli.errors import LabelStudioError
 
@@ -47,7 +47,6 @@ DEFAULT_URL = "http://localhost:8080"
 TIMEOUT_S = 30.0
 # Task ids per export request: they travel in the URL (ids[]=...), which servers cap.
 EXPORT_BATCH = 200
-LOCAL_FILES_PREFIX = "/data/local-files/?d="
 KEY_FIELD = "alft_key"
 ROUND_FIELD = "alft_round"
 
@@ -69,15 +68,24 @@ class LsTask:
     id: int
     key: str | None
     round: int | None
+    annotations: int = 0  # submitted or skipped
 
 
 @dataclass(frozen=True)
 class PushOutcome:
-    """What :meth:`Client.push` did: every pushed key's task id, and how many were new."""
+    """What :meth:`Client.push` did.
 
-    task_ids: dict[str, int]
+    Attributes:
+        task_ids: ``(alft_key, alft_round)`` -> task id, for every task pushed.
+        added: Tasks imported now; ``existing`` were there already.
+        stale: Other tasks alft made in the project (earlier or cancelled queries) that
+            nobody answered.
+    """
+
+    task_ids: dict[tuple[str, int], int]
     added: int
     existing: int
+    stale: int = 0
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
@@ -101,36 +109,6 @@ def check_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise LabelStudioError(f"--url {text!r}: a server URL has no '?' or '#' part")
     return text.rstrip("/")
-
-
-def order_score(rank: int, n: int) -> float:
-    """The prediction score of the image ranked ``rank`` (1 = label first) of ``n``.
-
-    ``rank / (n + 1)``: strictly inside (0, 1) and increasing with the rank, so sorting by
-    prediction score ascending lists the images in alft's order. It is an order, not the
-    model's confidence.
-    """
-    if not 1 <= rank <= n:
-        raise ValueError(f"rank {rank} outside 1..{n}")
-    return rank / (n + 1)
-
-
-def local_files_url(path: Path, document_root: Path) -> str:
-    """The URL path Label Studio serves ``path`` at: relative to its document root and
-    percent-encoded, so names with spaces, ``#``, ``&`` or ``?`` survive the URL.
-
-    Raises:
-        LabelStudioError: If ``path`` is not inside ``document_root``.
-    """
-    try:
-        rel = Path(path).resolve().relative_to(Path(document_root).resolve())
-    except ValueError:
-        raise LabelStudioError(
-            f"{path} is not inside Label Studio's LOCAL_FILES_DOCUMENT_ROOT {document_root}: "
-            "start Label Studio with a document root that holds the images (see alft "
-            "labelstudio push --help)"
-        ) from None
-    return LOCAL_FILES_PREFIX + quote(PurePosixPath(*rel.parts).as_posix(), safe="/")
 
 
 def config_problems(label_config: str, classes: Sequence[str]) -> list[str]:
@@ -232,11 +210,17 @@ class Client:
         """
         import httpx
         from label_studio_sdk.core.api_error import ApiError
+        from label_studio_sdk.core.parse_error import ParsingError
 
         try:
             yield
         except ApiError as e:
             raise LabelStudioError(self._api_message(e, what, missing)) from None
+        except ParsingError as e:
+            raise LabelStudioError(
+                f"Label Studio at {self.url} answered in a form label-studio-sdk does not "
+                f"know while {what} (HTTP {e.status_code}); is the server a Label Studio "
+                "version this SDK supports?") from None
         except httpx.TimeoutException:
             raise LabelStudioError(
                 f"Label Studio at {self.url} did not answer within {self.timeout:g} s while "
@@ -272,7 +256,7 @@ class Client:
 
     def _missing_project(self, project_id: int) -> str:
         return (f"Label Studio at {self.url} has no project {project_id} (deleted?); push to "
-                "another with --project ID or --create TITLE")
+                "another with --ls-project ID or --create TITLE")
 
     # -- projects -------------------------------------------------------------------------
     def whoami(self) -> str:
@@ -293,6 +277,11 @@ class Client:
             p = self._sdk.projects.create(title=title, label_config=label_config,
                                           description=description)
         return LsProject(int(p.id), str(p.title or title), str(p.label_config or label_config))
+
+    def delete_project(self, project_id: int) -> None:
+        """Delete a project (alft only deletes one it has just created for a failed push)."""
+        with self._calling(f"deleting project {project_id}", self._missing_project(project_id)):
+            self._sdk.projects.delete(id=int(project_id))
 
     def check_project(self, project_id: int, classes: Sequence[str]) -> LsProject:
         """Read a project and refuse it unless its config labels ``classes`` (one line)."""
@@ -350,8 +339,9 @@ class Client:
                 data = t.data if isinstance(t.data, dict) else {}
                 key = data.get(KEY_FIELD)
                 round_ = data.get(ROUND_FIELD)
+                answers = (t.total_annotations or 0) + (t.cancelled_annotations or 0)
                 out.append(LsTask(int(t.id), key if isinstance(key, str) else None,
-                                  round_ if isinstance(round_, int) else None))
+                                  round_ if isinstance(round_, int) else None, int(answers)))
         return out
 
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> int:
@@ -379,24 +369,27 @@ class Client:
         if len(set(keys)) != len(keys):
             raise ValueError("tasks to push name a sample twice")
 
-        def present() -> dict[tuple[str, int], int]:
+        def present() -> tuple[dict[tuple[str, int], int], int]:
             found: dict[tuple[str, int], int] = {}
+            unanswered: set[tuple[str, int]] = set()
             for t in self.tasks(project_id):
                 if t.key is not None and t.round is not None:
                     found.setdefault((t.key, t.round), t.id)  # a copy made by hand: oldest
-            return found
+                    if not t.annotations:
+                        unanswered.add((t.key, t.round))
+            return found, len(unanswered - set(keys))
 
-        before = present()
+        before, stale = present()
         missing = [t for k, t in wanted if k not in before]
         self.import_tasks(project_id, missing)
-        after = present() if missing else before
+        after = present()[0] if missing else before
         lost = [k for k in keys if k not in after]
         if lost:
             raise LabelStudioError(
                 f"Label Studio project {project_id} did not keep {len(lost)} of the imported "
                 f"tasks (e.g. {lost[0][0]}); push again")
-        ids = {k[0]: after[k] for k in keys}
-        return PushOutcome(ids, added=len(missing), existing=len(keys) - len(missing))
+        return PushOutcome({k: after[k] for k in keys}, added=len(missing),
+                           existing=len(keys) - len(missing), stale=stale)
 
     def export(self, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
         """Label Studio's JSON export of these tasks, annotated or not, in task id order.

@@ -1,30 +1,34 @@
-"""A project's pending query and Label Studio: what push sends, what pull reads back.
+"""A project's pending query and a Label Studio project: what push sends, what pull fetches.
 
-Pure bookkeeping between the store and :mod:`alft_cli.labelstudio_live`; the store itself is
-written only by :mod:`alft_cli.api`, and answers enter the project only through
-``api.import_labels`` (a pull writes them as a Label Studio JSON export first).
+The server side of ``alft labelstudio push/pull/status``, between the project (read only)
+and :mod:`alft_cli.labelstudio_live`. It never writes the store: :mod:`alft_cli.api` records
+the link a push returns, and answers enter the project only through ``api.import_labels``
+(a pull hands it the fetched tasks as a Label Studio JSON export).
 
-* :func:`pending_tasks` lists the pending images with their query rank and, where the query
-  had a model, the model's probabilities (read back from the query file's ``p_`` columns).
-* :func:`image_urls` decides how Label Studio loads the images: a Local Files storage for the
-  archive (checked by loading one image through the server) or ``--image-url-prefix``.
-* :func:`answer_counts` says how many pushed tasks are done, skipped or untouched.
+* :func:`push` sends the pending images as tasks (:mod:`alft_cli.labels.lstasks`, the same
+  tasks as the file route): to a project it creates with alft's config, or to an existing
+  one whose config it checks; images through a Local Files storage of the archive, checked
+  by loading one image through the server, or from ``--image-url-prefix``.
+* :func:`fetch` exports the pushed tasks of the pending images; a task or project deleted in
+  Label Studio stops it with one line, before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from alft_cli.errors import LabelStudioError, OptionError
-from alft_cli.labelstudio_live import Client, local_files_url
+from alft_cli.labels import lstasks
+from alft_cli.labels.queryfiles import QueryRow
+from alft_cli.labelstudio_live import DEFAULT_URL, Client, LsProject
 
-DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+URL_ENV = "LABEL_STUDIO_URL"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class PendingTask:
     sample_id: int
     key: str
     rank: int
+    score: float | None
+    cluster: int | None
     size: int  # images in its round's query: ranks run 1..size
     probabilities: list[float] | None
     model_round: int | None
@@ -68,10 +74,11 @@ def pending_tasks(project: Any) -> tuple[list[PendingTask], list[str]]:
                          "tasks go without the model's suggestions")
         probs[round_] = found or {}
     out = []
-    for round_, sample, rank, _score, _cluster in pending:
+    for round_, sample, rank, score, cluster in pending:
         key = keys[sample]
         rec = rounds.get(round_)
-        out.append(PendingTask(round_, int(sample), key, int(rank), int(sizes[round_]),
+        out.append(PendingTask(round_, int(sample), key, int(rank), score, cluster,
+                               int(sizes[round_]),
                                probs.get(round_, {}).get(key),
                                rec.model_round if rec is not None else None))
     return out, notes
@@ -92,38 +99,151 @@ def _query_probabilities(path: Path, classes: Sequence[str]) -> dict[str, list[f
     return out
 
 
-def document_root(given: Path | str | None) -> Path:
-    """Label Studio's LOCAL_FILES_DOCUMENT_ROOT as alft should assume it: ``given``, else the
-    environment variable (set where the same shell starts Label Studio), else ``/`` (Label
-    Studio's default)."""
-    value = given if given is not None else os.environ.get(DOCUMENT_ROOT_ENV) or "/"
-    return Path(value).expanduser().resolve()
+def server_url(given: str | None, link: Any) -> str:
+    """--url, else the URL of the last push, else LABEL_STUDIO_URL, else localhost:8080."""
+    last = link.url if link is not None else None
+    return given or last or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
-def image_urls(client: Client, project_id: int, archive: Path, first_key: str, *,
-               prefix: str | None, root: Path) -> tuple[Callable[[str], str], bool]:
-    """How Label Studio will load each sample key's image; whether a storage was connected.
+# ---- push -----------------------------------------------------------------------------------
 
-    With ``prefix`` the URL is ``prefix`` + the percent-encoded key and nothing is checked
-    (the prefix may be a host only the labelers' browsers reach). Otherwise a Local Files
-    storage for the archive is connected (Label Studio checks that local-files serving is on
-    and the archive lies under its document root) and one image is loaded through the server
-    to prove the URLs right.
+
+@dataclass
+class PushPlan:
+    """What a push did on the server, for the api to record."""
+
+    url: str
+    project: LsProject
+    created: bool
+    task_ids: dict[int, list[tuple[int, int]]]  # round -> (sample_id, task_id)
+    added: int
+    existing: int
+    stale: int
+    storage_created: bool
+    images: str  # how the images are reached, for the summary
+    notes: list[str] = field(default_factory=list)
+
+
+def push(project: Any, link: Any, *, api_key: str, url: str | None, ls_project: int | None,
+         create: str | None, image_url_prefix: str | None,
+         document_root: Path | str | None) -> PushPlan:
+    """Send the pending images of ``project`` to Label Studio (see :func:`api.labelstudio_push
+    <alft_cli.api.labelstudio_push>`); ``link`` is the store's current link or None."""
+    pending, notes = pending_tasks(project)
+    # Checked before anything changes on the server: the archive must be below the root.
+    image_url = lstasks.image_url_function(project.archive, prefix=image_url_prefix,
+                                           root=document_root)
+    target_url = server_url(url, link)
+    client = Client(target_url, api_key)
+    if create:
+        if len(create.strip()) < 3:
+            raise OptionError(f"--create {create!r}: Label Studio wants a title of 3 or more "
+                              "characters")
+        target = client.create_project(create.strip(),
+                                       lstasks.label_studio_config(project.classes),
+                                       description=f"alft project {project.root}")
+    else:
+        if ls_project is None:
+            if link is None or link.url != client.url:
+                raise OptionError("which Label Studio project? give --ls-project ID (an existing "
+                                  "project) or --create TITLE (a new one)")
+            ls_project = link.project_id
+        target = client.check_project(ls_project, project.classes)
+    try:
+        return _push_tasks(project, client, target, pending, notes, image_url,
+                           image_url_prefix=image_url_prefix, document_root=document_root,
+                           created=bool(create))
+    except BaseException:
+        if create:  # a failed push changes nothing: take back the project it made
+            with contextlib.suppress(LabelStudioError):
+                client.delete_project(target.id)
+        raise
+
+
+def _push_tasks(project: Any, client: Client, target: LsProject, pending: list[PendingTask],
+                notes: list[str], image_url: Any, *, image_url_prefix: str | None,
+                document_root: Path | str | None, created: bool) -> PushPlan:
+    storage_created = False
+    if image_url_prefix:
+        images = f"from {image_url_prefix}"
+    else:
+        storage_created = client.ensure_local_storage(target.id, project.archive)
+        probe = image_url(pending[0].key)
+        status = client.image_status(probe)
+        if status != 200:
+            raise LabelStudioError(
+                f"Label Studio at {client.url} cannot show the archive's images (HTTP {status} "
+                f"for {probe}): alft took its LOCAL_FILES_DOCUMENT_ROOT to be "
+                f"{lstasks.document_root(document_root)}; give the server's with "
+                "--document-root, or use --image-url-prefix")
+        images = f"Local Files storage {project.archive}"
+    tasks: list[dict[str, Any]] = []
+    for round_ in sorted({t.round for t in pending}):
+        items = [t for t in pending if t.round == round_]
+        rows = [QueryRow(t.key, t.rank, float("nan") if t.score is None else t.score,
+                         -1 if t.cluster is None else t.cluster, t.probabilities)
+                for t in items]
+        model = items[0].model_round
+        tasks += lstasks.label_studio_tasks(
+            rows, project.classes, image_url, f"alft-r{model}" if model is not None else "alft",
+            round_=round_, size=items[0].size)
+    outcome = client.push(target.id, tasks)
+    by_round: dict[int, list[tuple[int, int]]] = {}
+    for t in pending:
+        by_round.setdefault(t.round, []).append((t.sample_id, outcome.task_ids[(t.key, t.round)]))
+    if outcome.stale:
+        notes.append(f"the Label Studio project also holds {outcome.stale} unanswered tasks "
+                     "alft pushed for earlier or cancelled queries; alft ignores their answers")
+    return PushPlan(client.url, target, created, by_round, outcome.added, outcome.existing,
+                    outcome.stale, storage_created, images, notes)
+
+
+# ---- pull / status --------------------------------------------------------------------------
+
+
+@dataclass
+class Fetched:
+    """The pushed pending tasks as Label Studio has them now."""
+
+    url: str
+    project: LsProject
+    exported: list[dict[str, Any]]  # the JSON export of the pushed pending tasks
+    counts: dict[str, int]  # done / skipped / untouched
+    not_pushed: int  # pending images no task was pushed for
+    round: int  # the latest pending round (where a pull writes its file)
+
+
+def fetch(project: Any, link: Any, *, api_key: str, url: str | None) -> Fetched:
+    """Export the pushed tasks of ``project``'s pending images from the last linked project.
+
+    Raises:
+        OptionError: If nothing was pushed, or nothing is pending.
+        LabelStudioError: If the server cannot be used, or a pushed task or the project is
+            gone (deleted in Label Studio).
     """
-    if prefix:
-        return (lambda key: prefix + quote(key, safe="/")), False
-    created = client.ensure_local_storage(project_id, archive)
-
-    def url(key: str) -> str:
-        return local_files_url(archive / key, root)
-
-    status = client.image_status(url(first_key))
-    if status != 200:
+    store = project.store
+    if link is None:
+        raise OptionError("nothing was pushed to Label Studio yet: alft labelstudio push "
+                          f"-p {project.root} first")
+    pending = store.pending_queries()
+    if not pending:
+        raise OptionError("no images are pending: everything queried is labeled (alft "
+                          "status); make a query, then push it")
+    keys = store.keys_by_id()
+    linked = store.ls_tasks(link.id)
+    pushed = {linked[(r, s)]: keys[s] for r, s, *_ in pending if (r, s) in linked}
+    client = Client(url or link.url, api_key)
+    target = client.project(link.project_id)
+    exported = client.export(target.id, list(pushed))
+    gone = sorted(set(pushed) - {t.get("id") for t in exported})
+    if gone:
+        shown = ", ".join(f"task {t} ({pushed[t]})" for t in gone[:3])
         raise LabelStudioError(
-            f"Label Studio at {client.url} cannot serve the archive's images (HTTP {status} "
-            f"for {url(first_key)}): alft assumed its LOCAL_FILES_DOCUMENT_ROOT is {root}; "
-            "give the server's with --document-root (or use --image-url-prefix)")
-    return url, created
+            f"Label Studio project {target.id} no longer has {len(gone)} pushed task"
+            f"{'s' if len(gone) > 1 else ''} ({shown}{', ...' if len(gone) > 3 else ''}; "
+            f"deleted?): alft labelstudio push -p {project.root} makes them again")
+    return Fetched(client.url, target, exported, answer_counts(exported),
+                   len(pending) - len(pushed), max(r for r, *_ in pending))
 
 
 def answer_counts(exported: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -773,7 +773,8 @@ def test_label_studio_tasks_structure(tmp_path):
         "predictions": [
             {
                 "model_version": "alft-r2",
-                "score": pytest.approx(np.mean([0.9, 0.7, 1.0, 0.5, 0.9])),
+                # alft's order, not a confidence: ascending score = rank order (issue 16)
+                "score": 1 / 4,
                 "result": [
                     {
                         "from_name": "labels",

@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alft_cli.errors import LabelStudioError
+from alft_cli.errors import LabelStudioError, OptionError
 from alft_cli.labels import label_studio_config
-from alft_cli.labelstudio_live import (
-    Client,
-    check_url,
-    config_problems,
-    local_files_url,
-    order_score,
-)
+from alft_cli.labels.lstasks import local_files_url, order_score
+from alft_cli.labelstudio_live import Client, check_url, config_problems
 
 CLASSES = ["airplane", "bare-soil", "cars"]
 ODD_NAMES = ["river bank/tile #1.jpg", "a&b?.jpg", "100% plain.png", "ünï/cödé.jpg"]
@@ -43,7 +38,7 @@ def test_local_files_url_is_relative_to_the_root_and_percent_encoded(tmp_path):
     url = local_files_url(tmp_path / "arch" / "river bank" / "tile #1.jpg", tmp_path)
     assert url == "/data/local-files/?d=arch/river%20bank/tile%20%231.jpg"
     assert local_files_url(tmp_path / "a&b?.jpg", tmp_path).endswith("?d=a%26b%3F.jpg")
-    with pytest.raises(LabelStudioError, match="LOCAL_FILES_DOCUMENT_ROOT"):
+    with pytest.raises(OptionError, match="LOCAL_FILES_DOCUMENT_ROOT"):
         local_files_url(Path("/elsewhere/x.jpg"), tmp_path)
 
 
@@ -146,7 +141,7 @@ def test_push_is_idempotent_and_keeps_alft_order(client, label_studio, tmp_path)
     tasks = _tasks(ODD_NAMES, urls)
     first = client.push(project.id, tasks)
     assert (first.added, first.existing) == (4, 0)
-    ids = [first.task_ids[n] for n in ODD_NAMES]
+    ids = [first.task_ids[(n, 1)] for n in ODD_NAMES]
     assert ids == sorted(ids)  # imported in alft's order
     again = client.push(project.id, tasks)
     assert (again.added, again.existing) == (0, 4) and again.task_ids == first.task_ids
@@ -155,6 +150,7 @@ def test_push_is_idempotent_and_keeps_alft_order(client, label_studio, tmp_path)
     assert len(client.tasks(project.id)) == 4
     more = _tasks(["extra.jpg"], ["/data/local-files/?d=x"], round_=2)
     assert client.push(project.id, tasks + more).added == 1
+    assert client.push(project.id, more).stale == 4  # round 1's tasks, unanswered
     assert len(client.tasks(project.id)) == 5
 
     # The data manager sorted by prediction score ascending lists alft's order.

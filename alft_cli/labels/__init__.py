@@ -57,8 +57,9 @@ Label Studio rules:
   Export button leaves out unannotated tasks.
 
 Modules (one idea each): :mod:`.base` (class lookup, problem collection, row types),
-:mod:`.csvformat` (one-hot and list CSV), :mod:`.labelstudio` (Label Studio exports, tasks,
-config), :mod:`.keys` (references -> sample keys), :mod:`.queryfiles` (the to-label file),
+:mod:`.csvformat` (one-hot and list CSV), :mod:`.labelstudio` (Label Studio exports),
+:mod:`.lstasks` (Label Studio tasks, image URLs and config, for a file or a push),
+:mod:`.keys` (references -> sample keys), :mod:`.queryfiles` (the to-label file),
 :mod:`.reader` (:func:`read_label_file`: tell the format, read all or nothing).
 """
 
@@ -73,7 +74,7 @@ from alft_cli.labels.base import (
 )
 from alft_cli.labels.csvformat import QUERY_COLUMNS, header_classes, write_labels_csv
 from alft_cli.labels.keys import match_keys
-from alft_cli.labels.labelstudio import LS_FROM_NAME, label_studio_config, write_label_studio_tasks
+from alft_cli.labels.lstasks import LS_FROM_NAME, label_studio_config, write_label_studio_tasks
 from alft_cli.labels.queryfiles import QueryRow, suggested_classes, write_query_csv
 from alft_cli.labels.reader import read_label_file
 

@@ -1,4 +1,4 @@
-"""Label Studio as files: reading its exports, writing tasks and the labeling config.
+"""Label Studio as files: reading its exports (writing tasks and config: :mod:`.lstasks`).
 
 Exports read: JSON, JSON_MIN, CSV and snapshot JSON of a project that uses the config from
 :func:`label_studio_config`. The rules (only submitted annotations count, the newest of
@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import numpy as np
-
-from alft_cli.atomic import atomic_write_text
 from alft_cli.labels.base import (
     Classes,
     LabelRow,
     Problems,
     check_duplicates,
-    check_writable_classes,
     norm_ref,
 )
 from alft_cli.labels.csvformat import Table, blank_columns, row_fits
-from alft_cli.labels.queryfiles import QueryRow, finite_or_none, suggested_classes
-
-LS_FROM_NAME = "labels"
+from alft_cli.labels.lstasks import (  # noqa: F401  (names kept importable from here)
+    LS_FROM_NAME,
+    label_studio_config,
+    write_label_studio_files,
+    write_label_studio_tasks,
+)
 
 
 @dataclass
@@ -398,109 +396,3 @@ def read_ls_csv(
         if row_fits(cells, table, blank, f"row {rowno}", problems):
             records.append((f"row {rowno}", {n: c.strip() for n, c in zip(names, cells) if n}))
     return _read_ls_flat(records, cls, problems, notes, from_csv=True)
-
-
-def write_label_studio_tasks(
-    path: Path,
-    rows: Sequence[QueryRow],
-    classes: Sequence[str],
-    image_url: Callable[[str], str],
-    model_version: str,
-) -> None:
-    """Write a Label Studio task file (JSON) for the images to label.
-
-    Each task is ``{"data": {"image", "alft_key", "rank", "score", "cluster"}, "predictions":
-    [...]}``. ``data.alft_key`` holds the sample key, so the export can be read back without
-    matching URLs. The one prediction pre-selects the suggested classes (p >= 0.5). Its
-    ``score`` is the model's mean confidence ``mean(max(p, 1 - p))``. Predictions are left out
-    for rows without probabilities. Use with the config from :func:`label_studio_config`.
-
-    Args:
-        path: Where to write. The file is replaced atomically.
-        rows: The images to label.
-        classes: The project classes, in project order.
-        image_url: Maps a sample key to the URL Label Studio loads the image from, e.g.
-            ``lambda k: "/data/local-files/?d=archive/" + quote(k)``.
-        model_version: Shown in Label Studio next to the prediction, e.g. ``"alft-r3"``.
-    """
-    names = check_writable_classes(classes)
-    tasks = []
-    for r in rows:
-        task: dict[str, Any] = {
-            "data": {
-                "image": image_url(r.filename),
-                "alft_key": r.filename,
-                "rank": int(r.rank),
-                "score": finite_or_none(r.score),
-                "cluster": int(r.cluster),
-            }
-        }
-        if r.probabilities is not None:
-            probs = np.asarray(r.probabilities, dtype=np.float64)
-            sure = np.maximum(probs, 1 - probs)[np.isfinite(probs)]
-            confidence = float(sure.mean()) if sure.size else 0.0
-            task["predictions"] = [
-                {
-                    "model_version": model_version,
-                    "score": round(confidence, 4),
-                    "result": [
-                        {
-                            "from_name": LS_FROM_NAME,
-                            "to_name": "image",
-                            "type": "choices",
-                            "value": {"choices": suggested_classes(r.probabilities, names)},
-                        }
-                    ],
-                }
-            ]
-        tasks.append(task)
-    atomic_write_text(path, json.dumps(tasks, ensure_ascii=False, indent=1) + "\n")
-
-
-_XML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
-_XML_ESCAPES.update({"\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
-
-
-def _xml_attr(value: str) -> str:
-    # Escape what an XML attribute cannot hold as-is; \n, \r and \t would be folded to
-    # spaces by any XML parser.
-    return "".join(_XML_ESCAPES.get(ch, ch) for ch in value)
-
-
-def label_studio_config(classes: Sequence[str]) -> str:
-    """Return the Label Studio labeling config (XML) for multi-label image classification.
-
-    The field names (``image``, ``labels``) are the ones :func:`write_label_studio_tasks`
-    writes and :func:`read_label_file` expects.
-
-    Args:
-        classes: The project classes, in project order.
-
-    Returns:
-        The config, one line, e.g. ``<View><Image name="image" value="$image"/>...``.
-    """
-    names = check_writable_classes(classes)
-    choices = "".join(f'<Choice value="{_xml_attr(c)}"/>' for c in names)
-    return (
-        '<View><Image name="image" value="$image"/>'
-        f'<Choices name="{LS_FROM_NAME}" toName="image" choice="multiple" showInLine="true">'
-        f"{choices}</Choices></View>"
-    )
-
-
-def write_label_studio_files(query_path: Path, rows: Sequence[QueryRow], classes: Sequence[str],
-                             archive: Path, model_version: str,
-                             image_url_prefix: str | None = None) -> list[Path]:
-    """Write a query as a Label Studio task file (``<query>.label-studio.json``) and the
-    labeling config for its project (``label-studio-config.xml``) next to the query file.
-
-    Images are referenced through Label Studio's local-files serving of ``archive`` unless
-    ``image_url_prefix`` says where they are served from.
-    """
-    tasks = query_path.with_suffix(".label-studio.json")
-    prefix = image_url_prefix or "/data/local-files/?d=" + archive.as_posix().lstrip("/") + "/"
-    write_label_studio_tasks(tasks, rows, classes, image_url=lambda key: prefix + key,
-                             model_version=model_version)
-    config_xml = query_path.with_name("label-studio-config.xml")
-    atomic_write_text(config_xml, label_studio_config(classes))
-    return [tasks, config_xml]
