@@ -87,18 +87,23 @@ def project(tiny_archive, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
+def label_studio(tmp_path_factory, pytestconfig):
     """A real Label Studio server for this session (tests/lsserver.py), stopped at the end.
 
     Its local-files document root is pytest's temporary folder, so the archives that tests
     make there can be served. If it cannot start, the tests that use it fail with its log
     tail: they are marked ``labelstudio`` (``make test-fast`` leaves them out), never skipped.
     """
-    from lsserver import ServerFailed, start_server
+    from lsserver import ServerFailed, label_studio_version, start_server
 
+    version = label_studio_version()
+    cache = getattr(pytestconfig, "cache", None)
+    template = (cache.mkdir(f"label-studio-{version}") / "migrated.sqlite3"
+                if cache is not None and version and not os.environ.get("ALFT_TEST_LABEL_STUDIO")
+                else None)
     try:
         server = start_server(tmp_path_factory.mktemp("label-studio"),
-                              document_root=tmp_path_factory.getbasetemp())
+                              document_root=tmp_path_factory.getbasetemp(), template=template)
     except ServerFailed as e:
         pytest.fail(str(e), pytrace=False)
     yield server

@@ -9,6 +9,11 @@ Phoning home is switched off (Sentry, version check, analytics); nothing leaves 
 
 ``ALFT_TEST_LABEL_STUDIO`` may name another `label-studio` executable (e.g. one installed in
 a separate environment); by default this interpreter runs ``-m label_studio.server``.
+
+A fresh database spends most of the start (20-70 s on 2 busy cores) in Label Studio's ~300
+migrations. With ``template`` (a path in pytest's cache, per Label Studio version) the first
+session saves its freshly migrated database there and later sessions start from a copy
+(about 6 s); a clean checkout, as in CI, builds it once.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -63,6 +70,16 @@ class LabelStudioServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
+
+
+def _save_template(db: Path, template: Path) -> None:
+    """Copy the running server's database (SQLite's online backup: consistent)."""
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = template.with_suffix(".tmp")
+    with contextlib.closing(sqlite3.connect(db)) as src, \
+            contextlib.closing(sqlite3.connect(tmp)) as dst:
+        src.backup(dst)
+    tmp.replace(template)
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -110,14 +127,27 @@ def server_env(document_root: Path) -> dict[str, str]:
     return env
 
 
-def start_server(workdir: Path, document_root: Path,
-                 timeout: float = START_TIMEOUT_S) -> LabelStudioServer:
+def label_studio_version() -> str | None:
+    """The version of the label-studio installed here (None if it is not)."""
+    try:
+        import label_studio
+    except ImportError:
+        return None
+    return str(label_studio.__version__)
+
+
+def start_server(workdir: Path, document_root: Path, timeout: float = START_TIMEOUT_S,
+                 template: Path | None = None) -> LabelStudioServer:
     """Start Label Studio in ``workdir`` and wait until its API answers the test token.
 
     Raises:
         ServerFailed: If it is not installed, exits, or does not answer within ``timeout``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "data" / "label_studio.sqlite3"
+    if template is not None and template.is_file():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, db)
     document_root = document_root.resolve()
     port = _free_port()
     exe = os.environ.get("ALFT_TEST_LABEL_STUDIO")
@@ -159,6 +189,8 @@ def start_server(workdir: Path, document_root: Path,
                                f"{server.url}; log tail:\n{server.log_tail()}")
         time.sleep(0.25)
     server.start_seconds = time.perf_counter() - started
+    if template is not None and not template.is_file() and db.is_file():
+        _save_template(db, template)
     (workdir / "server.json").write_text(json.dumps(
         {"url": server.url, "start_seconds": round(server.start_seconds, 2)}))
     return server
