@@ -60,6 +60,10 @@ def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict]
                pretrained: str | None) -> str:
     p = str(project.root)
     if pending:
+        link = project.store.ls_current_link()
+        if link is not None and project.store.ls_tasks(link.id).keys() & set(pending):
+            return (f"answer the {len(pending)} pending images in Label Studio project "
+                    f"{link.project_id} at {link.url}, then: alft labelstudio pull -p {p}")
         first = rounds[-1]["query_file"] if rounds else None
         return (f"label the {len(pending)} pending images"
                 + (f" listed in {first}" if first else "")

@@ -7,8 +7,12 @@ goes through alft's api (and once through the real CLI).
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -99,6 +103,7 @@ def test_push_pull_equals_the_file_route(label_studio, archive, tmp_path):
                 document_root=label_studio.document_root)
     first = api.labelstudio_push(root, create="alft live", **push)
     assert (first.pushed, first.added, first.existing, first.rounds) == (8, 8, 0, [0])
+    assert "alft labelstudio pull" in api.status(root)["next"]
     again = api.labelstudio_push(root, **push)  # the linked project; nothing new
     assert (again.project_id, again.added, again.existing) == (first.project_id, 0, 8)
     assert len(client.tasks(first.project_id)) == 8
@@ -327,3 +332,33 @@ def test_wait_is_bounded_and_cli_round_trip(label_studio, archive, tmp_path, cli
         if path.is_file():
             data = path.read_bytes()
             assert b"not-the-key-0042" not in data and label_studio.api_key.encode() not in data
+
+
+def test_example_script_labels_the_initial_list(label_studio, project, tiny_archive):
+    """examples/al_rounds_labelstudio.sh with 0 rounds: push the initial list, a stand-in
+    labeler answers it in Label Studio from the gold labels, pull --wait imports it."""
+    here = Path(__file__).resolve().parents[1]
+    gold = tiny_archive.labels_csv
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "LABEL_STUDIO_API_KEY": label_studio.api_key, "LABEL_STUDIO_URL": label_studio.url,
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
+           "LS_LABELER": f"{sys.executable} {here / 'examples' / 'ls_answer_from_gold.py'} "
+                         f"{gold}",
+           "INTERVAL": "0.5", "WAIT": "120", "LS_TITLE": "alft example"}
+    proc = subprocess.run(["bash", str(here / "examples" / "al_rounds_labelstudio.sh"),
+                           str(project), "0", "5"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(gold, newline="") as fh:
+        rows = list(csv.reader(fh))
+    truth = {r[0]: {c for c, v in zip(rows[0][1:], r[1:]) if v == "1"} for r in rows[1:]}
+    p = open_project(project, readonly=True)
+    try:
+        keys, classes = p.store.keys_by_id(), p.classes
+        got = {keys[s]: {c for c, v in zip(classes, decode_y(y)) if v}
+               for s, y in p.store.labels().items()}
+        assert len(got) == 10 and not p.store.pending()
+    finally:
+        p.close()
+    assert got == {k: truth[k] for k in got}
