@@ -15,8 +15,13 @@ import pytest
 from PIL import Image
 
 from alft_cli.errors import LabelStudioError, OptionError
-from alft_cli.labels import label_studio_config
-from alft_cli.labels.lstasks import local_files_url, order_score
+from alft_cli.labels import QueryRow, label_studio_config
+from alft_cli.labels.lstasks import (
+    image_url_function,
+    local_files_url,
+    order_score,
+    write_label_studio_files,
+)
 from alft_cli.labelstudio_live import Client, check_url, config_problems
 
 CLASSES = ["airplane", "bare-soil", "cars"]
@@ -40,6 +45,32 @@ def test_local_files_url_is_relative_to_the_root_and_percent_encoded(tmp_path):
     assert local_files_url(tmp_path / "a&b?.jpg", tmp_path).endswith("?d=a%26b%3F.jpg")
     with pytest.raises(OptionError, match="LOCAL_FILES_DOCUMENT_ROOT"):
         local_files_url(Path("/elsewhere/x.jpg"), tmp_path)
+
+
+def test_task_files_encode_names_and_say_how_to_show_the_images(tmp_path):
+    rows = [QueryRow(n, i, 0.5, 0, None) for i, n in enumerate(ODD_NAMES, 1)]
+    tasks_file, config, readme = write_label_studio_files(
+        tmp_path / "query.csv", rows, CLASSES, tmp_path / "arch", "alft", round_=0,
+        root=tmp_path)
+    tasks = json.loads(tasks_file.read_text())
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=arch/river%20bank/tile%20%231.jpg"
+    assert tasks[1]["data"]["image"].endswith("?d=arch/a%26b%3F.jpg")
+    assert [t["data"]["alft_round"] for t in tasks] == [0] * 4
+    assert all("predictions" not in t for t in tasks)  # no model: nothing pretends to suggest
+    text = readme.read_text()
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={tmp_path}" in text
+    assert "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true" in text
+    assert f"path {tmp_path / 'arch'}" in text and "no model suggestions" in text
+    assert config.read_text() == label_studio_config(CLASSES)
+
+    tasks_file, _, readme = write_label_studio_files(
+        tmp_path / "q2.csv", rows, CLASSES, tmp_path / "arch", "alft", round_=0,
+        image_url_prefix="https://files.example.org/a/")
+    image = json.loads(tasks_file.read_text())[0]["data"]["image"]
+    assert image == "https://files.example.org/a/river%20bank/tile%20%231.jpg"
+    assert "https://files.example.org/a/<path in the archive>" in readme.read_text()
+    with pytest.raises(OptionError, match="document root itself"):
+        image_url_function(tmp_path, root=tmp_path)
 
 
 def test_check_url():
@@ -119,9 +150,13 @@ def client(label_studio):
 
 
 @pytest.mark.labelstudio
-def test_server_started(label_studio, client):
-    assert client.whoami() == "alft-tests@localhost"
+def test_server_started_and_both_kinds_of_key_work(label_studio, client):
     print(f"Label Studio started in {label_studio.start_seconds:.1f} s")
+    assert client.whoami() == "alft-tests@localhost"  # the legacy token
+    # A Personal Access Token (what Account & Settings shows by default): the SDK trades
+    # it for short-lived access tokens.
+    pat = client._sdk.tokens.create().token
+    assert Client(label_studio.url, pat).whoami() == "alft-tests@localhost"
 
 
 @pytest.mark.labelstudio

@@ -133,12 +133,16 @@ def test_push_pull_equals_the_file_route(label_studio, archive, tmp_path):
     round0 = twin / "rounds" / "round_000"
     assert (round0 / "README.txt").read_text().count("LABEL_STUDIO_LOCAL_FILES") >= 2
     file_tasks = json.loads((round0 / "query.label-studio.json").read_text())
+    # The same tasks as the push sent (Label Studio's export lists their predictions: none).
+    assert [t["data"] for t in file_tasks] == [t["data"] for t in by_id]
+    assert not any(t.get("predictions") for t in file_tasks)
     by_hand = client.create_project("alft by hand",
                                     (round0 / "label-studio-config.xml").read_text())
     client.ensure_local_storage(by_hand.id, archive)
     client.import_tasks(by_hand.id, file_tasks)
     hand_ids = _task_ids(client, by_hand.id)
     assert sorted(hand_ids) == sorted(NAMES)
+    assert {client.image_status(t["data"]["image"]) for t in file_tasks} == {200}
     _give(client, hand_ids, FIRST)
     exported = b"".join(client._sdk.projects.exports.download_sync(
         id=by_hand.id, export_type="JSON", download_all_tasks=True))

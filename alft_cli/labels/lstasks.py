@@ -216,11 +216,12 @@ def readme_text(tasks_name: str, config_name: str, archive: Path, prefix: str | 
             "Images elsewhere (another machine, a web server, a bucket)? Write the task file\n"
             "again with --image-url-prefix URL: each image is then loaded from URL + its\n"
             "percent-encoded path in the archive.\n")
-    order = ("The prediction score is alft's order (not a confidence): sort the data manager\n"
-             "by Prediction score ascending, or by ID, to label the images alft ranked first."
+    order = ("   The prediction score is alft's order, not a confidence: sort the data\n"
+             "   manager by Prediction score ascending (or by ID) to label first what alft\n"
+             "   ranked first. The pre-selected answer is the model's suggestion.\n"
              if predictions else
-             "Tasks are in alft's order: sort the data manager by ID. There are no model\n"
-             "suggestions (no model chose these images).")
+             "   Tasks are in alft's order: sort the data manager by ID. No model chose\n"
+             "   these images, so there are no model suggestions.\n")
     return (
         "Labeling these images in Label Studio\n"
         "=====================================\n\n"
@@ -229,10 +230,11 @@ def readme_text(tasks_name: str, config_name: str, archive: Path, prefix: str | 
         f"{serve}\n"
         f"1. Create a project and paste {config_name} as its labeling config.\n"
         f"2. Import {tasks_name} (Import button).\n"
-        f"3. Label. {order}\n"
+        f"3. Label.\n{order}"
         "   Submit an empty answer for an image where no class is present; a skipped\n"
         "   image stays unlabeled.\n"
         "4. Export > JSON, then:  alft import-labels EXPORT.json" + p + "\n\n"
-        "Without these clicks: alft labelstudio push" + p + " (then pull" + p + ")\n"
+        "Without these clicks: alft labelstudio push" + p + ", later alft labelstudio pull"
+        + p + "\n"
         "creates or fills the project, connects the storage and brings the answers back.\n"
     )
