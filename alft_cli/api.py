@@ -42,6 +42,7 @@ from alft_cli.indexing import InitPoolResult
 from alft_cli.labels import QueryRow, read_label_file, write_query_csv
 from alft_cli.labels.lstasks import image_url_function, write_label_studio_files
 from alft_cli.labels.queryfiles import fresh_path
+from alft_cli.labelstudio_rounds import LsPullResult, LsPushResult
 from alft_cli.progress import reporter
 from alft_cli.project import Project, open_project, project_lock
 from alft_cli.routes import PretrainResult
@@ -547,22 +548,6 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
 # --------------------------------------------------------------------------------------------
 # labelstudio push / pull / status: the pending query in a live Label Studio project
 # --------------------------------------------------------------------------------------------
-@dataclass
-class LsPushResult:
-    """What labelstudio push did."""
-
-    url: str
-    project_id: int
-    title: str
-    created: bool
-    pushed: int
-    added: int
-    existing: int
-    rounds: list[int]
-    images: str
-    notes: list[str] = field(default_factory=list)
-
-
 def labelstudio_push(project_dir: Path | str, *, api_key: str, url: str | None = None,
                      ls_project: int | None = None, create: str | None = None,
                      image_url_prefix: str | None = None,
@@ -594,22 +579,6 @@ def labelstudio_push(project_dir: Path | str, *, api_key: str, url: str | None =
         return LsPushResult(plan.url, plan.project.id, plan.project.title, plan.created,
                             sum(len(v) for v in plan.task_ids.values()), plan.added,
                             plan.existing, sorted(plan.task_ids), plan.images, plan.notes)
-
-
-@dataclass
-class LsPullResult:
-    """What labelstudio pull did: counts of the pushed pending tasks at its last look."""
-
-    url: str
-    project_id: int
-    imported: int  # tasks whose answers were imported (all looks together)
-    skipped: int  # skipped in Label Studio: still pending
-    untouched: int  # nobody answered yet: still pending
-    not_pushed: int  # pending images without a task (push them)
-    pending_left: int
-    files: list[Path]  # the Label Studio exports written and imported
-    looks: int
-    notes: list[str] = field(default_factory=list)
 
 
 def labelstudio_pull(project_dir: Path | str, *, api_key: str, url: str | None = None,

@@ -105,6 +105,41 @@ def server_url(given: str | None, link: Any) -> str:
     return given or last or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+# ---- what the commands report ---------------------------------------------------------------
+
+
+@dataclass
+class LsPushResult:
+    """What labelstudio push did."""
+
+    url: str
+    project_id: int
+    title: str
+    created: bool
+    pushed: int
+    added: int
+    existing: int
+    rounds: list[int]
+    images: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LsPullResult:
+    """What labelstudio pull did: counts of the pushed pending tasks at its last look."""
+
+    url: str
+    project_id: int
+    imported: int  # tasks whose answers were imported (all looks together)
+    skipped: int  # skipped in Label Studio: still pending
+    untouched: int  # nobody answered yet: still pending
+    not_pushed: int  # pending images without a task (push them)
+    pending_left: int
+    files: list[Path]  # the Label Studio exports written and imported
+    looks: int
+    notes: list[str] = field(default_factory=list)
+
+
 # ---- push -----------------------------------------------------------------------------------
 
 
