@@ -85,6 +85,7 @@ CREATE TABLE queries (
     PRIMARY KEY (round, sample_id)
 );
 CREATE INDEX queries_state ON queries(state);
+CREATE INDEX queries_sample ON queries(sample_id, state);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     command TEXT NOT NULL,
@@ -215,6 +216,8 @@ class Store:
                 f"{path.parent} was written by a newer alft (store schema {row[0]}); "
                 f"this alft reads schema <= {SCHEMA_VERSION}. Upgrade alft."
             )
+        if not readonly:
+            _add_missing_indexes(conn)
         return cls(conn, path)
 
     def close(self) -> None:
@@ -481,6 +484,22 @@ def _connect(path: Path, uri: str | None = None) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+# Indexes added after schema 1 shipped. An index changes no data and older alft versions read
+# a store that has it, so adding one is not a schema change: projects written before get it
+# the first time a writing command opens them (read-only opens do without; they are slower
+# only where they would look a sample's queries up one by one, which none does).
+_LATER_INDEXES = (
+    # mark_labeled looks queries up by sample: without it each answer scanned every pending
+    # query, and importing n answers took time quadratic in n (issue 17).
+    "CREATE INDEX IF NOT EXISTS queries_sample ON queries(sample_id, state)",
+)
+
+
+def _add_missing_indexes(conn: sqlite3.Connection) -> None:
+    for statement in _LATER_INDEXES:
+        conn.execute(statement)
 
 
 def _ids_and_matrix(rows: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:

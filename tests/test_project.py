@@ -357,3 +357,34 @@ def test_four_band_project_keeps_every_band_through_training(tmp_path):
     r = api.finetune(root, epochs=1, batch_size=3, init="scratch", backbone="resnet18",
                      device="cpu")
     assert r.model_file.exists() and "val" in r.metrics
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: tuple) -> str:
+    return " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+MARK_LABELED = "UPDATE queries SET state='labeled' WHERE sample_id=? AND state='pending'"
+
+
+def test_marking_answers_looks_queries_up_by_sample(project):
+    # Each answer closes its pending query; found through the state index alone, every one
+    # scanned all pending queries and importing n answers took time quadratic in n
+    # (30,000 answers: 32 s; bench/bench_import.py measures it).
+    store = open_project(project).store
+    try:
+        plan = _plan(store.conn, MARK_LABELED, (1,))
+    finally:
+        store.close()
+    assert "sample_id=?" in plan, plan
+
+
+def test_a_store_without_the_query_index_gets_it_when_opened_for_writing(project):
+    # A project written before the index existed: readable as it is, indexed once written to.
+    db = project / "alft.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX queries_sample")
+    status = api.status(project)  # read-only: works without the index
+    assert len(status["pending"]) == 10
+    assert "sample_id=?" not in _plan(sqlite3.connect(db), MARK_LABELED, (1,))
+    api.exclude_samples(project, [])  # any writing command
+    assert "sample_id=?" in _plan(sqlite3.connect(db), MARK_LABELED, (1,))
