@@ -20,7 +20,7 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file 0600; files people hand to labelers should follow the umask.
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~current_umask())
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding,
@@ -48,7 +48,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _umask() -> int:
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new uniquely named folder in ``parent`` with the permissions ``mkdir`` would give.
+
+    ``tempfile.mkdtemp`` makes it ``drwx------`` whatever the umask; a folder that is renamed
+    into place as a project must be as open as the user's umask says (a team shares it).
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    # os.umask can only be read by setting it; between the two calls another thread would
+    # create files with umask 0. Linux reports it in /proc (since 4.7).
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current

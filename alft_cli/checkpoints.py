@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alft_cli.atomic import current_umask
 from alft_cli.errors import CheckpointError
 from alft_cli.progress import reporter
 
@@ -27,6 +28,8 @@ def save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; models are shared by the team that shares the project.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +390,22 @@ def test_a_store_without_the_query_index_gets_it_when_opened_for_writing(project
     assert "sample_id=?" not in _plan(sqlite3.connect(db), MARK_LABELED, (1,))
     api.exclude_samples(project, [])  # any writing command
     assert "sample_id=?" in _plan(sqlite3.connect(db), MARK_LABELED, (1,))
+
+
+@pytest.fixture()
+def team_umask():
+    """A team's umask: group members may read and write what a member creates."""
+    previous = os.umask(0o002)
+    yield 0o002
+    os.umask(previous)
+
+
+def test_models_and_checkpoints_follow_the_umask(team_umask, tmp_path):
+    import torch
+
+    from alft_cli.checkpoints import save_atomic
+
+    path = tmp_path / "rounds" / "round_000" / "model.pt"
+    save_atomic({"w": torch.zeros(2)}, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
