@@ -400,7 +400,9 @@ def tag(
     archive: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest "
                                             "CSV.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Output CSV or JSONL.")],
-    format: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
+    format: Annotated[str | None, typer.Option(
+        "--format", help="csv | jsonl (default: from --out's extension: .jsonl/.ndjson -> "
+                         "jsonl, else csv).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available) | cpu | cuda")
                       ] = "auto",
     shard: Annotated[str | None, typer.Option(

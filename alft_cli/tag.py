@@ -8,6 +8,10 @@ and a killed run loses at most one batch (``--resume`` picks it up).
 
 Shards (``--shard i/n``) are chosen by a stable hash of each file's key, so n machines that
 list the same archive split it exactly, in any listing order, without talking to each other.
+
+Each output has a side file ``<out>.model.json`` naming the model (its SHA-256), format and
+shard that wrote it: ``--resume`` with another model would otherwise keep the old model's tags
+next to the new one's without a word, so it is refused (``--overwrite`` starts over).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -30,6 +35,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from alft_cli.atomic import atomic_write_text
 from alft_cli.errors import ArchiveError, CheckpointError, OptionError
 from alft_cli.images import (
     NOT_AN_IMAGE,
@@ -41,6 +47,8 @@ from alft_cli.images import (
 from alft_cli.progress import reporter
 
 FORMATS = ("csv", "jsonl")
+# What an output's name says about its format; a name saying nothing means CSV (the default).
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEVICES = ("auto", "cpu", "cuda")
 # Batches decoded ahead of the one being scored: enough to keep the decoders busy while the
 # model runs, few enough that memory does not depend on the archive.
@@ -61,6 +69,9 @@ class TagResult:
         skipped_file: the side file listing unusable files, or None when there were none.
         seconds: wall time of listing, decoding, scoring and writing (model loading excluded).
         images_per_second: ``tagged / seconds``.
+        format: ``csv`` or ``jsonl``, as given or inferred from the output's name.
+        model_sha256: the model file's SHA-256, recorded in ``model_file``.
+        model_file: the side file naming the model, format and shard that wrote ``out``.
     """
 
     tagged: int
@@ -71,6 +82,9 @@ class TagResult:
     skipped_file: Path | None
     seconds: float
     images_per_second: float
+    format: str = "csv"
+    model_sha256: str = ""
+    model_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -363,6 +377,86 @@ def _header(classes: list[str]) -> list[str]:
     return ["filename", *classes, "labels"]
 
 
+def resolve_format(fmt: str | None, out: Path) -> str:
+    """The output format: ``fmt`` when given, else what ``out``'s extension says (CSV when it
+    says nothing).
+
+    Raises:
+        OptionError: unknown format; ``.json`` without ``--format``; or a format that
+            contradicts the extension (``--format csv --out tags.jsonl``).
+    """
+    suffix = out.suffix.lower()
+    implied = EXTENSION_FORMATS.get(suffix)
+    if fmt is None or str(fmt).strip() == "":
+        if suffix == ".json":
+            raise OptionError(f"--out {out}: alft writes JSON Lines (one object per line), "
+                              "not one JSON document; name it .jsonl or give --format jsonl")
+        return implied or "csv"
+    fmt = str(fmt).strip().lower()
+    if fmt not in FORMATS:
+        raise OptionError(f"--format {fmt!r}: use csv or jsonl")
+    if implied is not None and implied != fmt:
+        raise OptionError(f"--format {fmt} but --out {out} is named like {implied}; "
+                          f"give a .{'jsonl' if fmt == 'jsonl' else 'csv'} name or "
+                          f"--format {implied}")
+    return fmt
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (models can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record_path(out: Path) -> Path:
+    """The side file that names the model, format and shard that wrote ``out``."""
+    return out.with_name(out.name + ".model.json")
+
+
+def _model_record(model_path: Path, sha256: str, fmt: str,
+                  shard: tuple[int, int] | None) -> dict[str, Any]:
+    return {"model": str(model_path.resolve()), "sha256": sha256, "format": fmt,
+            "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+
+
+def _check_model_record(out: Path, wanted: dict[str, Any]) -> bool:
+    """Refuse resuming ``out`` with another model, format or shard than the ones that wrote it.
+
+    Returns:
+        Whether the side file was there (outputs of older alft versions have none).
+
+    Raises:
+        OptionError: the side file names another model, format or shard, or is unreadable.
+    """
+    path = model_record_path(out)
+    if not path.exists():
+        return False
+    fix = "use --overwrite to tag again from scratch, or another --out"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict) or "sha256" not in recorded:
+            raise ValueError("no sha256")
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"{path}: unreadable record of the model that wrote {out} ({exc}); "
+                          f"{fix}") from None
+    if recorded["sha256"] != wanted["sha256"]:
+        raise OptionError(
+            f"{out} was written by another model ({Path(str(recorded.get('model'))).name}, "
+            f"sha256 {str(recorded['sha256'])[:12]}); this one is "
+            f"{Path(wanted['model']).name} (sha256 {wanted['sha256'][:12]}): resuming would "
+            f"mix their tags; {fix}")
+    if recorded.get("format", wanted["format"]) != wanted["format"]:
+        raise OptionError(f"{out} was written as {recorded['format']}, this run writes "
+                          f"{wanted['format']}; give --format {recorded['format']} or {fix}")
+    if recorded.get("shard") != wanted["shard"]:
+        raise OptionError(f"{out} was written for shard {recorded.get('shard') or 'all'}, this "
+                          f"run is shard {wanted['shard'] or 'all'}; {fix}")
+    return True
+
+
 def _repair_tail(path: Path) -> int:
     """Cut a partial last line (a run killed mid-write); returns the bytes removed."""
     size = path.stat().st_size
@@ -474,16 +568,18 @@ class _SkipLog:
 # --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
-def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
+def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = None,
                 device: str = "auto", shard: str | None = None, resume: bool = False,
                 batch_size: int = 32, workers: int | None = None,
-                threads: int | None = None) -> TagResult:
+                threads: int | None = None, overwrite: bool = False) -> TagResult:
     """Score every image of an archive with an exported model; write probabilities and labels.
 
     The CSV has ``filename`` (relative to the archive, POSIX), one probability column per
     class (6 decimals) and ``labels``: the classes whose probability reaches their threshold,
     joined by ``;``. JSONL has one ``{"filename", "probabilities": {class: p}, "labels"}``
     object per line. Unusable files are listed in ``<out>.skipped.csv`` and the run goes on.
+    ``<out>.model.json`` records the model (SHA-256), format and shard that wrote ``out``;
+    resuming with others is refused.
 
     Example:
         >>> tag_archive(Path("exports/alft_round003.onnx"), Path("/data/tiles"),
@@ -494,27 +590,29 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         archive: a folder of images (searched recursively) or a manifest CSV with a
             ``filename`` column (paths relative to the manifest's folder).
         out: the output file.
-        fmt: ``csv`` or ``jsonl``.
+        fmt: ``csv`` or ``jsonl``; None: from ``out``'s extension (``.jsonl``, ``.ndjson``:
+            JSONL; ``.csv`` or anything else: CSV).
         device: ``auto`` (CUDA when usable, else CPU), ``cpu`` or ``cuda``.
         shard: ``"i/n"``: tag only the files whose key hashes to shard i of n.
-        resume: continue an interrupted run: keep the rows already in ``out``.
+        resume: continue an interrupted run of the same model: keep the rows already in
+            ``out``.
         batch_size: images per inference call.
         workers: decoding threads; default: the usable cores (at most 8).
         threads: onnxruntime intra-op threads on the CPU; default: the usable cores.
+        overwrite: replace an existing ``out`` (and its side files) instead of refusing.
 
     Returns:
         Counts, provider, timing.
 
     Raises:
-        OptionError: bad option, or ``out`` exists without ``resume``.
+        OptionError: bad option; ``out`` exists without ``resume`` or ``overwrite``; or
+            ``resume`` of an output written by another model, format or shard.
         CheckpointError: the model is unreadable or not an alft model.
         ArchiveError: the archive does not exist or cannot be listed.
     """
     rep = reporter()
     model_path, archive, out = Path(model_path), Path(archive), Path(out)
-    fmt = (fmt or "csv").lower()
-    if fmt not in FORMATS:
-        raise OptionError(f"--format {fmt!r}: use csv or jsonl")
+    fmt = resolve_format(fmt, out)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     if workers is not None and workers < 1:
@@ -524,8 +622,12 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
     shard_spec = parse_shard(shard)
     if out.is_dir():
         raise OptionError(f"--out {out} is a folder; give a file name")
-    if out.exists() and not resume:
-        raise OptionError(f"{out} exists; use --resume or another --out")
+    if resume and overwrite:
+        raise OptionError("--resume keeps what is in the output, --overwrite replaces it; "
+                          "give one of them")
+    if out.exists() and not (resume or overwrite):
+        raise OptionError(f"{out} exists; use --resume (same model) to continue it, "
+                          "--overwrite to replace it, or another --out")
     if not archive.exists():
         raise ArchiveError(f"archive {archive} does not exist")
 
@@ -545,9 +647,17 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         keys = [k for k in keys if in_shard(k, *shard_spec)]
         listing_skipped = [s for s in listing_skipped if in_shard(s[0], *shard_spec)]
 
+    sha256 = file_sha256(model_path)
+    record = _model_record(model_path, sha256, fmt, shard_spec)
     done: set[str] = set()
     new_file = True
+    if overwrite:
+        for path in (out, model_record_path(out)):
+            path.unlink(missing_ok=True)
     if resume and out.exists():
+        if not _check_model_record(out, record):
+            rep.warn(f"{out} has no record of the model that wrote it (written by an older "
+                     f"alft?); resuming it with {model_path.name}, assumed to be that model")
         removed = _repair_tail(out)
         if removed:
             rep.warn(f"{out}: removed a partial last line ({removed} bytes) left by an "
@@ -561,6 +671,9 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         rep.info(f"resuming: {already} images already in {out}, {len(todo)} to go")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Written before the first row: a run killed at any point leaves an output whose model
+    # is known.
+    atomic_write_text(model_record_path(out), json.dumps(record, indent=2) + "\n")
     skip_log = _SkipLog(out.with_name(out.name + ".skipped.csv"))
     skip_log.path.unlink(missing_ok=True)  # it describes this run only
     for key, reason in listing_skipped:
@@ -595,7 +708,8 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str = "csv",
         rep.warn(f"{skip_log.count} files could not be used; see {skip_log.path}")
     return TagResult(tagged, skip_log.count, already, provider, out,
                      skip_log.path if skip_log.count else None, seconds,
-                     tagged / seconds if seconds > 0 else 0.0)
+                     tagged / seconds if seconds > 0 else 0.0, fmt, sha256,
+                     model_record_path(out))
 
 
 def _decoded_batches(pool: ThreadPoolExecutor, root: Path, keys: list[str], batch_size: int,

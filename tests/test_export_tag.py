@@ -25,6 +25,7 @@ from alft_cli.images import CONVERSIONS, RESIZE_METHOD
 from alft_cli.progress import Reporter, set_reporter
 from alft_cli.project import open_project
 from alft_cli.synthetic import generate_archive
+from alft_cli.tag import FORMATS
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +350,75 @@ def test_resume_refuses_an_output_of_another_model(built, tmp_path):
         _cpu(built["export"].path, built["archive"].root, out, resume=True)
 
 
+def test_resume_with_another_model_is_refused_and_overwrite_starts_over(built, calibrated,
+                                                                         tmp_path):
+    # Same classes, other thresholds: the columns match, only the model's identity tells.
+    root = built["archive"].root
+    out = tmp_path / "tags.csv"
+    first = _cpu(built["export"].path, root, out, shard="0/2")
+    record = json.loads(tag.model_record_path(out).read_text())
+    assert record["sha256"] == tag.file_sha256(built["export"].path) == first.model_sha256
+    assert (record["format"], record["shard"]) == ("csv", "0/2")
+    before = out.read_text()
+    with pytest.raises(OptionError, match=r"written by another model \(alft_round000.onnx.*"
+                                          r"--overwrite"):
+        _cpu(calibrated.path, root, out, shard="0/2", resume=True)
+    with pytest.raises(OptionError, match="shard 0/2, this run is shard 1/2"):
+        _cpu(built["export"].path, root, out, shard="1/2", resume=True)
+    with pytest.raises(OptionError, match="give one of them"):
+        _cpu(calibrated.path, root, out, shard="0/2", resume=True, overwrite=True)
+    assert out.read_text() == before
+    # The same model resumes; --overwrite tags again with the new one.
+    assert _cpu(built["export"].path, root, out, shard="0/2", resume=True).tagged == 0
+    again = _cpu(calibrated.path, root, out, shard="0/2", overwrite=True)
+    assert again.tagged == first.tagged and again.already_done == 0
+    assert json.loads(tag.model_record_path(out).read_text())["sha256"] == tag.file_sha256(
+        calibrated.path)
+    _, rows = _read_csv(out)
+    assert len(rows) == first.tagged
+
+
+def test_resuming_an_output_without_a_model_record_warns(built, tmp_path):
+    # Outputs written before the record existed resume with a warning, and get one.
+    out = tmp_path / "tags.csv"
+    _cpu(built["export"].path, built["archive"].root, out)
+    tag.model_record_path(out).unlink()
+    rep = Reporter()
+    previous = set_reporter(rep)
+    try:
+        result = _cpu(built["export"].path, built["archive"].root, out, resume=True)
+    finally:
+        set_reporter(previous)
+    assert result.already_done == 40
+    assert any("no record of the model" in text for _, text in rep.messages)
+    assert tag.model_record_path(out).exists()
+
+
+@pytest.mark.parametrize("name, fmt, expected", [
+    ("tags.jsonl", None, "jsonl"), ("tags.ndjson", None, "jsonl"), ("tags.CSV", None, "csv"),
+    ("tags.txt", None, "csv"), ("tags", None, "csv"), ("tags.txt", "jsonl", "jsonl"),
+    ("tags.jsonl", "jsonl", "jsonl"), ("tags.jsonl", "csv", "like jsonl"),
+    ("tags.csv", "jsonl", "like csv"), ("tags.json", None, "not one JSON document"),
+    ("tags.csv", "xml", "use csv or jsonl"),
+])
+def test_output_format_follows_the_name_or_is_refused(name, fmt, expected):
+    if expected in FORMATS:
+        assert tag.resolve_format(fmt, Path(name)) == expected
+    else:
+        with pytest.raises(OptionError, match=expected):
+            tag.resolve_format(fmt, Path(name))
+
+
+def test_tag_to_a_jsonl_name_writes_jsonl(built, tmp_path, cli):
+    out = tmp_path / "tags.jsonl"
+    result = cli("tag", built["export"].path, built["archive"].root, "--out", out,
+                 "--device", "cpu", "--batch-size", "8")
+    assert result.code == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 40 and set(json.loads(lines[0])) == {"filename", "probabilities",
+                                                               "labels"}
+
+
 def test_unreadable_files_go_to_the_side_file(built, archive_dir, tmp_path):
     (archive_dir / "bad").mkdir()
     (archive_dir / "bad" / "empty.png").write_bytes(b"")
@@ -370,7 +440,7 @@ def test_unreadable_files_go_to_the_side_file(built, archive_dir, tmp_path):
 def test_existing_output_without_resume_is_refused(built, tmp_path):
     out = tmp_path / "tags.csv"
     out.write_text("keep me\n")
-    with pytest.raises(OptionError, match="exists; use --resume or another --out"):
+    with pytest.raises(OptionError, match="exists; use --resume .* --overwrite"):
         _cpu(built["export"].path, built["archive"].root, out)
     assert out.read_text() == "keep me\n"
 
