@@ -27,7 +27,7 @@ app = typer.Typer(
     help=(
         "Active-learning-guided fine-tuning for multi-label remote-sensing image "
         "classification (BYOL pretraining + MGE+Clustering queries).\n\n"
-        "Example:  alft init-pool archive/ -p proj --labels gold.csv && alft status -p proj"
+        "\b\nExample:\n  alft init-pool archive/ -p proj --labels gold.csv && alft status -p proj"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -67,8 +67,10 @@ def demo_data(
 ) -> None:
     """Generate the built-in synthetic multi-label archive (images + one-hot labels.csv).
 
-    Example:  alft demo-data demo/ -n 400
-              alft init-pool demo/images -p proj --labels demo/labels.csv
+    \b
+    Examples:
+      alft demo-data demo/ -n 400
+      alft init-pool demo/images -p proj --labels demo/labels.csv
     """
     from alft_cli import api
 
@@ -106,11 +108,14 @@ def init_pool(
 ) -> None:
     """Index an archive into a new project; write the initial to-label list.
 
-    Example:  alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
-
     The initial list goes to Label Studio like any query: --format label-studio writes it as
     tasks (without suggestions: there is no model yet), or push it with alft labelstudio
     push -p proj --create TITLE.
+
+    \b
+    Examples:
+      alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
+      alft init-pool /data/tiles -p proj --classes water,trees,buildings
     """
     from alft_cli import api
 
@@ -146,7 +151,10 @@ def import_labels(
 ) -> None:
     """Import labels for pool images (all rows validated first; all or nothing).
 
-    Example:  alft import-labels rounds/round_001/query.csv -p proj
+    \b
+    Examples:
+      alft import-labels proj/rounds/round_001/query.csv -p proj --dry-run
+      alft import-labels proj/rounds/round_001/query.csv -p proj
     """
     from alft_cli import api
 
@@ -167,7 +175,10 @@ def status(
 ) -> None:
     """Show the project's splits, labels, rounds and metrics (read-only, never blocks).
 
-    Example:  alft status -p proj --json | jq .rounds
+    \b
+    Examples:
+      alft status -p proj
+      alft status -p proj --json | jq .rounds
     """
     from alft_cli import api
 
@@ -239,11 +250,14 @@ def pretrain(
 ) -> None:
     """Pretrain the backbone: BYOL on every image of the archive (no labels used).
 
-    Runs under torchrun for several GPUs:  torchrun --nproc_per_node=4 -m alft_cli pretrain -p proj
+    Runs under torchrun for several GPUs (last example).
 
-    Example:  alft pretrain -p proj --backbone resnet18 --epochs 50 --batch-size 64
-              alft pretrain -p proj --method supervised-noisy --noisy-labels lc.csv --epochs 30
-                --lr 0.01 --batch-size 32 --then byol --then-epochs 50
+    \b
+    Examples:
+      alft pretrain -p proj --backbone resnet18 --epochs 50 --batch-size 64
+      alft pretrain -p proj --method supervised-noisy --noisy-labels lc.csv --epochs 30 \\
+          --lr 0.01 --batch-size 32 --then byol --then-epochs 50
+      torchrun --nproc_per_node=4 -m alft_cli pretrain -p proj
     """
     from alft_cli import api
 
@@ -287,7 +301,9 @@ def finetune(
 ) -> None:
     """Fine-tune the classifier on all labeled images; evaluate on val and test.
 
-    Example:  alft finetune -p proj --epochs 100
+    \b
+    Examples:
+      alft finetune -p proj --epochs 100
     """
     from alft_cli import api
 
@@ -333,9 +349,7 @@ def query(
 ) -> None:
     """Choose the next images to label with an active-learning strategy.
 
-    Example:  alft query -p proj --budget 20 --strategy mge-clustering
-
-    Several GPUs score a large pool together:  torchrun --nproc_per_node=4 -m alft_cli query -p proj
+    Several GPUs score a large pool together under torchrun (see the examples).
 
     --format label-studio writes, next to the query file, the tasks (query.label-studio.json,
     the model's suggestions as predictions whose score is alft's order), the labeling config
@@ -343,7 +357,14 @@ def query(
     serving: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
     LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above the archive, and give its
     project a Local Files storage (not synced) whose path is the archive; --image-url-prefix
-    loads them from anywhere else. Or skip the files:  alft labelstudio push -p proj
+    loads them from anywhere else. Or skip the files with alft labelstudio push (last example).
+
+    \b
+    Examples:
+      alft query -p proj --budget 20
+      alft query -p proj --budget 20 --strategy mge-clustering
+      torchrun --nproc_per_node=4 -m alft_cli query -p proj --budget 1000
+      alft labelstudio push -p proj
     """
     from alft_cli import api
 
@@ -382,7 +403,10 @@ def export(
 ) -> None:
     """Export the classifier to one self-contained ONNX file with everything a consumer needs.
 
-    Example:  alft export -p proj --calibrate-thresholds
+    \b
+    Examples:
+      alft export -p proj
+      alft export -p proj --round 3 --calibrate-thresholds --out model.onnx
     """
     from alft_cli import api
 
@@ -416,7 +440,10 @@ def tag(
 
     Needs no project: classes, thresholds and preprocessing come from the model's metadata.
 
-    Example:  alft tag exports/alft_round009.onnx /data/archive --out tags.csv --shard 0/4
+    \b
+    Examples:
+      alft tag model.onnx /data/archive --out tags.csv
+      alft tag model.onnx /data/archive --out tags_0.jsonl --shard 0/4 --resume
     """
     # api is imported lazily and tag.py avoids torch, so tagging stays lean in memory.
     from alft_cli import api
@@ -487,7 +514,9 @@ def simulate(
 ) -> None:
     """Compare AL strategies with an oracle (gold labels answer every query); resumable.
 
-    Example:  alft simulate ucm/images --labels ucm/labels.csv -o sim --seeds 3 --scenario 1,2,3
+    \b
+    Examples:
+      alft simulate ucm/images --labels ucm/labels.csv -o sim --seeds 3 --scenario 1,2,3
     """
     from alft_cli.experiments import api as experiments
 
@@ -542,9 +571,12 @@ def report(
 ) -> None:
     """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
 
-    Example:  alft report sim/   # then open sim/report/curves.md
+    Several simulations (e.g. pretraining routes) compare in one report (last example).
 
-    Compare simulations (e.g. pretraining routes):  alft report byol=sim-a noisy=sim-b -o cmp/
+    \b
+    Examples:
+      alft report sim/   # then open sim/report/curves.md
+      alft report byol=sim-a noisy=sim-b -o cmp/
     """
     from alft_cli.experiments import api as experiments
 
@@ -575,7 +607,10 @@ def doctor(
 
     Exit code 0 when consistent, 1 when a problem was found.
 
-    Example:  alft doctor -p proj --hash
+    \b
+    Examples:
+      alft doctor -p proj
+      alft doctor -p proj --hash
     """
     from alft_cli import api
 

@@ -24,9 +24,10 @@ labelstudio_app = typer.Typer(
     help=(
         "Label Studio, live: push the pending query into a Label Studio project, pull the "
         "answers back (label-studio-sdk).\n\n"
-        "Example:  export LABEL_STUDIO_API_KEY=...   (Label Studio: Account & Settings)\n\n"
-        "alft labelstudio push -p proj --url http://localhost:8080 --create 'my archive'\n\n"
-        "alft labelstudio pull -p proj --wait"
+        "\b\nExamples:\n"
+        "  export LABEL_STUDIO_API_KEY=...   # Label Studio: Account & Settings\n"
+        "  alft labelstudio push -p proj --url http://localhost:8080 --create 'my archive'\n"
+        "  alft labelstudio pull -p proj --wait"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -85,8 +86,6 @@ def push(
 ) -> None:
     """Send the pending images to a Label Studio project as tasks (again: no duplicates).
 
-    Example:  alft labelstudio push -p proj --url http://localhost:8080 --create 'round 1'
-
     Each image becomes a task with the model's suggestion as a prediction; the prediction
     score is alft's order, so sorting the data manager by Prediction score ascending (or by
     ID) lists the images alft ranked first. Label Studio shows them through a Local Files
@@ -94,6 +93,10 @@ def push(
     machine holding the archive with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
     LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above the archive (push loads one
     image through the server to check); --image-url-prefix loads them from anywhere else.
+
+    \b
+    Examples:
+      alft labelstudio push -p proj --url http://localhost:8080 --create 'round 1'
     """
     from alft_cli import api
 
@@ -128,11 +131,13 @@ def pull(
 ) -> None:
     """Import the answers given in Label Studio (exactly as import-labels would).
 
-    Example:  alft labelstudio pull -p proj --wait --interval 60
-
     The answered tasks are saved as a Label Studio JSON export in the round folder and
     imported all or nothing (newest annotation wins; an unknown class refuses the pull,
     naming the task). Skipped and unanswered images stay pending: run pull again later.
+
+    \b
+    Examples:
+      alft labelstudio pull -p proj --wait --interval 60
     """
     from alft_cli import api
 
@@ -163,7 +168,9 @@ def status(
 ) -> None:
     """Where the pending images were pushed and how many are answered; changes nothing.
 
-    Example:  alft labelstudio status -p proj --json
+    \b
+    Examples:
+      alft labelstudio status -p proj --json
     """
     from alft_cli import api
 

@@ -65,6 +65,11 @@ On your own archive:
   # label myproj/rounds/round_000/query.csv, then:
   alft import-labels answers.csv -p myproj && alft finetune -p myproj
   alft query -p myproj --budget 20                             # and repeat
-  alft export -p myproj && alft tag myproj/exports/alft_round*.onnx /path/to/archive --out tags.csv
+  alft export -p myproj --out model.onnx && alft tag model.onnx /path/to/archive --out tags.csv
 Will AL pay off on your data? With gold labels for part of it:  alft simulate --help
 EOT
+# make runs this script with the virtual environment's bin/ on the PATH; a new shell has not.
+alft_bin=$(dirname "$(command -v alft)")
+if [ -f "$alft_bin/activate" ]; then
+  echo "alft is in $alft_bin: in a new shell, first run  source $alft_bin/activate"
+fi
