@@ -117,7 +117,7 @@ def train(model: Classifier, cache: CachedImages, ids: np.ndarray, y: np.ndarray
     model.train()
     started = time.perf_counter()
     interrupted, loss_value, epoch = False, float("nan"), start_epoch
-    with GracefulStop() as stopper, rep.task("fine-tuning", total=cfg.epochs) as task:
+    with GracefulStop("epoch") as stopper, rep.task("fine-tuning", total=cfg.epochs) as task:
         task.update(completed=start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(ids, cfg.seed, epoch)

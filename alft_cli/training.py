@@ -56,13 +56,25 @@ class GracefulStop:
     across ranks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "step") -> None:
+        """``unit``: what the loop finishes before it stops (for the acknowledgement)."""
         self.requested = False
+        self.unit = unit
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested:
+            # Said at once: a step (an epoch of fine-tuning) can take minutes, and a user who
+            # sees nothing presses Ctrl-C again and loses the checkpoint.
+            from alft_cli.progress import reporter
+
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = (" (Ctrl-C again stops at once, without a checkpoint)"
+                     if signum == signal.SIGINT else "")
+            reporter().warn(f"{name}: stopping after this {self.unit}, then saving a "
+                            f"checkpoint{again}")
         self.requested = True
 
     def __enter__(self) -> GracefulStop:

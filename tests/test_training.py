@@ -344,3 +344,30 @@ def test_auto_under_torchrun_matches_one_process_in_every_regime(trained, tmp_pa
             picked.append(p.store.queried_ids(p.store.current_round()))
             p.close()
         assert picked[0] == picked[1] and len(set(picked[0])) == 5, f1
+
+
+def test_ctrl_c_is_acknowledged_at_once():
+    # A fine-tuning epoch can take minutes: without a word, people press Ctrl-C again and
+    # lose the checkpoint the first one asked for.
+    import signal
+
+    from alft_cli.progress import Reporter, set_reporter
+
+    rep = Reporter()
+    previous = set_reporter(rep)
+    try:
+        with GracefulStop("epoch") as stopper:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs the handler between bytecodes
+                if stopper.requested:
+                    break
+            assert stopper.requested
+            assert rep.messages == [("warn", "Ctrl-C: stopping after this epoch, then saving "
+                                     "a checkpoint (Ctrl-C again stops at once, without a "
+                                     "checkpoint)")]
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+    finally:
+        set_reporter(previous)
