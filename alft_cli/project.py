@@ -73,7 +73,20 @@ class Project:
 
     @property
     def archive(self) -> Path:
-        return Path(self.config.archive)
+        """The archive root: where the recorded location is found now (see
+        :func:`archive_location`), else the recorded absolute path."""
+        return next((p for p in self.archive_candidates() if p.is_dir()),
+                    self.archive_candidates()[-1])
+
+    def archive_candidates(self) -> list[Path]:
+        """Where the archive may be, in order: relative to the project (kept when both live
+        under one folder, so moving that folder keeps them together), then absolute."""
+        recorded = json.loads(self.store.get_meta(ARCHIVE_META) or "null") or {}
+        found = []
+        if recorded.get("relative"):
+            found.append(self.root / recorded["relative"])
+        found.append(Path(recorded.get("absolute") or self.config.archive))
+        return found
 
     @property
     def classes(self) -> list[str]:
@@ -81,6 +94,26 @@ class Project:
 
     def close(self) -> None:
         self.store.close()
+
+
+# Store meta key holding the archive's location ({"absolute": ..., "relative": ...}). It is
+# kept in the store rather than config.json so that older alft versions still open projects.
+ARCHIVE_META = "archive"
+
+
+def archive_location(project_root: Path, archive_root: Path) -> dict[str, str | None]:
+    """The archive's location as recorded: absolute, plus relative to the project when both
+    live under one folder (the project's parent), so moving that folder keeps them together.
+
+    An archive elsewhere (another disk, a shared mount) is recorded only as absolute: moving
+    the project alone then keeps working.
+    """
+    project_root, archive_root = Path(project_root).resolve(), Path(archive_root).resolve()
+    shared = project_root.parent
+    relative = None
+    if shared != Path(shared.anchor) and archive_root.is_relative_to(shared):
+        relative = Path(os.path.relpath(archive_root, project_root)).as_posix()
+    return {"absolute": str(archive_root), "relative": relative}
 
 
 def open_project(root: Path | str, readonly: bool = False) -> Project:

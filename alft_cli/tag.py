@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
-import hashlib
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from alft_cli.errors import ArchiveError, CheckpointError, OptionError
 from alft_cli.images import (
     NOT_AN_IMAGE,
     ImageDecodeError,
+    file_sha256,
     load_image,
     scan_folder,
     scan_manifest,
@@ -400,15 +400,6 @@ def resolve_format(fmt: str | None, out: Path) -> str:
                           f"give a .{'jsonl' if fmt == 'jsonl' else 'csv'} name or "
                           f"--format {implied}")
     return fmt
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in blocks (models can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_record_path(out: Path) -> Path:
