@@ -51,7 +51,7 @@ __all__ = [
     "DoctorReport", "FinetuneResult", "ImportResult", "InitPoolResult", "LsPullResult",
     "LsPushResult", "PretrainResult", "QueryResult", "adopt_pretrained", "demo_data", "doctor",
     "exclude_samples", "export", "finetune", "import_labels", "init_pool", "labelstudio_pull",
-    "labelstudio_push", "labelstudio_status", "pretrain", "query", "status", "tag",
+    "labelstudio_push", "labelstudio_status", "pretrain", "query", "relocate", "status", "tag",
 ]
 
 PAPER_VAL_FRACTION = 0.25
@@ -116,6 +116,7 @@ def init_pool(
     fmt: str = "csv",
     image_url_prefix: str | None = None,
     document_root: Path | str | None = None,
+    val_from_answers: float | None = None,
 ) -> InitPoolResult:
     """Index an archive into a new project: splits, decode cache, initial to-label list.
 
@@ -124,11 +125,14 @@ def init_pool(
     nothing to evaluate against, so val/test default to empty. ``index_from`` (another
     project over the same archive) reuses its index and decode cache instead of decoding.
     ``fmt="label-studio"`` also writes the initial list as Label Studio tasks (no
-    predictions: there is no model yet), as :func:`query` does.
+    predictions: there is no model yet), as :func:`query` does. ``val_from_answers``
+    (projects without gold val labels) routes that share of every imported batch of answers
+    to the val split (:mod:`alft_cli.valsplit`).
     """
     import time
 
     from alft_cli.indexing import check_new_project_dir, create_project, resolve_classes
+    from alft_cli.valsplit import META_KEY, check_fraction
 
     started = time.perf_counter()
     root = Path(project_dir)
@@ -144,6 +148,10 @@ def init_pool(
     if (val_fraction or test_fraction) and not has_gold:
         raise OptionError("val/test splits need gold labels to evaluate against: "
                           "give --labels FILE, or set --val-fraction 0 --test-fraction 0")
+    val_from_answers = check_fraction(val_from_answers)
+    if val_from_answers and val_fraction:
+        raise OptionError("--val-from-answers grows a validation set for projects without "
+                          "gold val labels; give --val-fraction 0 with it")
     if initial < 0:
         raise OptionError("--initial must be >= 0")
     if not 16 <= image_size <= 4096:
@@ -156,7 +164,9 @@ def init_pool(
         Path(archive), root, classes=class_list, labels_file=labels_file,
         val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
         image_size=image_size, in_channels=in_channels, seed=seed, workers=workers,
-        index_from=Path(index_from) if index_from is not None else None)
+        index_from=Path(index_from) if index_from is not None else None,
+        meta={META_KEY: json.dumps({"fraction": val_from_answers})} if val_from_answers
+        else None)
     if fmt == "label-studio" and result.query_file is not None:
         with _reading(root) as project:
             keys = project.store.keys_by_id()
@@ -178,7 +188,11 @@ def _default(value: float | None, fallback: float) -> float:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ImportResult:
-    """What import-labels did (or would do, with dry_run)."""
+    """What import-labels did (or would do, with dry_run).
+
+    ``unanswered``: rows with an empty answer, not imported (their images stay pending).
+    ``to_val``: new answers routed to the val split (``val_from_answers``).
+    """
 
     file: Path
     format: str
@@ -190,44 +204,69 @@ class ImportResult:
     pending_left: int
     labeled_total: int
     notes: list[str] = field(default_factory=list)
+    unanswered: int = 0
+    to_val: int = 0
 
 
 def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto",
-                  overwrite: bool = False, dry_run: bool = False) -> ImportResult:
+                  overwrite: bool = False, dry_run: bool = False,
+                  val_from_answers: float | None = None) -> ImportResult:
     """Validate every row of a label file, then import all of it in one transaction.
 
     Any problem (unknown file or class, duplicate, non-0/1 value, val/test sample, conflict
     with an existing label without ``overwrite``) refuses the whole file with one line per
-    problem; nothing is written. Importing the same content twice changes nothing.
+    problem; nothing is written. Importing the same content twice changes nothing. A row
+    with an empty answer is not an answer: it is not imported and its image stays pending.
+    ``val_from_answers`` (default: the project's ``init-pool --val-from-answers``) routes
+    that share of the answers to the val split (:mod:`alft_cli.valsplit`).
     """
-    from alft_cli.answers import plan_import
+    from alft_cli.answers import plan_import, suggestions_note
+    from alft_cli.valsplit import check_fraction, project_fraction, refuse_with_gold_val
 
     file = Path(file)
-    args = {"file": str(file), "format": fmt, "overwrite": overwrite, "dry_run": dry_run}
+    val_from_answers = check_fraction(val_from_answers)
+    args = {"file": str(file), "format": fmt, "overwrite": overwrite, "dry_run": dry_run,
+            "val_from_answers": val_from_answers}
     context = _reading(project_dir) if dry_run else _writing(project_dir, "import-labels", args)
     with context as project:
         store = project.store
+        fraction = (project_fraction(store) if val_from_answers is None
+                    else val_from_answers)
+        if val_from_answers:
+            refuse_with_gold_val(store, val_from_answers)
         parsed = read_label_file(file, project.classes, fmt=fmt)
-        plan = plan_import(project, parsed, file, overwrite)
-        new = plan.new
-        if new and not dry_run:
-            faults.point("import-labels:validated")
-            with store.transaction():
-                if store.current_round() is None:
-                    # Labels before any query (an existing labeled subset): open round 0.
-                    store.add_round(0, "imported", 0, project.config.seed, None, None)
-                import_id = store.add_import(str(file.resolve()), _sha256(file), parsed.format,
-                                             plan.added, plan.changed, plan.unchanged)
-                store.upsert_labels((s, y, r, import_id) for s, y, r in new)
-                store.mark_labeled(s for s, _, _ in new)
-                faults.point("import-labels:before-commit")
-            faults.point("import-labels:committed")
-        labeled_ids = {s for s, _, _ in new}
-        pending_left = sum(1 for _, s in store.pending() if s not in labeled_ids)
-        labeled_total = plan.labeled_before + plan.added
+        plan = plan_import(project, parsed, file, overwrite, fraction)
+        if plan.answered_ids or plan.val_changed:
+            if not dry_run:
+                faults.point("import-labels:validated")
+                with store.transaction():
+                    _store_answers(project, file, parsed.format, plan)
+                    faults.point("import-labels:before-commit")
+                faults.point("import-labels:committed")
+        answered = set(plan.answered_ids)
+        pending_left = sum(1 for _, s in store.pending() if s not in answered)
+        labeled_total = plan.labeled_before + plan.train_added
+        notes = list(parsed.notes)
+        question = suggestions_note(plan)
+        if question:
+            notes.append(question)
         return ImportResult(file, parsed.format, plan.added, plan.changed, plan.unchanged,
-                            parsed.skipped, dry_run, pending_left, labeled_total,
-                            list(parsed.notes))
+                            parsed.skipped, dry_run, pending_left, labeled_total, notes,
+                            parsed.unanswered, len(plan.to_val))
+
+
+def _store_answers(project: Project, file: Path, fmt: str, plan: Any) -> None:
+    """Write one import's answers: training labels, val answers, the queries they close."""
+    store = project.store
+    if store.current_round() is None:
+        # Labels before any query (an existing labeled subset): open round 0.
+        store.add_round(0, "imported", 0, project.config.seed, None, None)
+    import_id = store.add_import(str(file.resolve()), _sha256(file), fmt, plan.added,
+                                 plan.changed, plan.unchanged)
+    store.upsert_labels((s, y, r, import_id) for s, y, r in plan.new)
+    store.add_val_answers((s, y, r, import_id) for s, y, r in plan.to_val)
+    store.set_gold(plan.val_changed)
+    store.mark_labeled(plan.answered_ids)
 
 
 def _sha256(path: Path) -> str:
@@ -333,19 +372,25 @@ class FinetuneResult:
     seconds: float
     interrupted: bool
     device: str
+    suggestions: dict[str, Any] | None = None
 
 
-def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
+def finetune(project_dir: Path | str, *, restart: bool = False,
+             **options: Any) -> FinetuneResult:
     """Fine-tune backbone + head on every labeled pool image; evaluate on val and test.
 
     The model belongs to the latest round. ``init='previous'`` warm-starts from the newest
     model of an earlier round (the paper's protocol), falling back to the pretrained backbone,
-    then to random weights (with a warning).
+    then to random weights (with a warning). An interrupted run of the round is never
+    discarded silently: ``resume`` continues it, ``restart`` starts over; neither is refused.
+    The result carries the evidence of the last answered suggestions
+    (:mod:`alft_cli.evidence`), the one measure a project without gold labels has.
     """
     from alft_cli import distributed
     from alft_cli import finetune as ft
     from alft_cli.config import FinetuneConfig, validated
     from alft_cli.data import CachedImages, resolve_device
+    from alft_cli.evidence import last_answered_suggestions
     from alft_cli.routes import initial_classifier
 
     if distributed.env_info().enabled:
@@ -370,6 +415,7 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
         if len(ids) < 2 and not cfg.freeze_backbone:
             raise OptionError("fine-tuning needs at least 2 labeled images (BatchNorm); "
                               "import more labels")
+        _check_interrupted(project, round_, cfg.resume, restart)
         model, init_used, backbone = initial_classifier(project, cfg, round_)
         if init_used == "scratch" and cfg.init != "scratch":
             rep.warn("no pretrained backbone and no earlier model: training from random "
@@ -401,8 +447,27 @@ def finetune(project_dir: Path | str, **options: Any) -> FinetuneResult:
             store.set_round_model(round_, project.relative(model_file), int(len(ids)),
                                   metrics, train_config)
         (round_dir / ft.FINETUNE_CHECKPOINT).unlink(missing_ok=True)
+        evidence = last_answered_suggestions(project, minimum=1)
         return FinetuneResult(round_, len(ids), init_used, backbone, model_file, metrics,
-                              outcome.seconds, False, str(device))
+                              outcome.seconds, False, str(device),
+                              evidence.as_dict() if evidence else None)
+
+
+def _check_interrupted(project: Project, round_: int, resume: bool, restart: bool) -> None:
+    """Refuse to drop an interrupted fine-tuning without being told (``restart``)."""
+    checkpoint = project.finetune_checkpoint(round_)
+    where = project.relative(checkpoint)
+    if resume and restart:
+        raise OptionError("--resume continues the interrupted fine-tuning, --restart drops "
+                          "it; give one of them")
+    if checkpoint.exists() and not (resume or restart):
+        raise OptionError(f"round {round_}'s fine-tuning was interrupted ({where}): --resume "
+                          "continues it, --restart starts over (and replaces it)")
+    if resume and not checkpoint.exists():
+        raise OptionError(f"--resume: round {round_} has no interrupted fine-tuning to "
+                          f"continue ({where} does not exist)")
+    if restart:
+        checkpoint.unlink(missing_ok=True)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -489,6 +554,11 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
                               "finetune first (or use --strategy random, kmeans or typiclust)")
         if fmt == "label-studio":  # an unusable document root is refused before scoring
             image_url_function(project.archive, prefix=image_url_prefix, root=document_root)
+        if model_rec is not None and len(labeled) > (model_rec.trained_on or 0):
+            notes.append(f"the model of round {model_rec.round} chooses, trained on "
+                         f"{model_rec.trained_on} labels: the "
+                         f"{len(labeled) - (model_rec.trained_on or 0)} labeled since are not "
+                         "in it (run alft finetune first to choose with them)")
         current = store.current_round()
         cur_rec = store.round(current) if current is not None else None
         # A round whose query nobody answered yet (no labels, no model) is replaced rather
@@ -712,6 +782,16 @@ def doctor(project_dir: Path | str, *, verify_hashes: bool = False) -> DoctorRep
         return check_project(project, verify_hashes=verify_hashes)
 
 
+def relocate(project_dir: Path | str, new_archive: Path | str) -> Any:
+    """Point the project at its archive's new place (a folder, or the manifest CSV it was
+    indexed from), after checking every indexed image is there with the size and SHA-256
+    recorded at indexing; otherwise refuse and change nothing (:mod:`alft_cli.relocate`)."""
+    from alft_cli.relocate import relocate_project
+
+    with _writing(project_dir, "relocate", {"archive": str(new_archive)}) as project:
+        return relocate_project(project, Path(new_archive))
+
+
 # --------------------------------------------------------------------------------------------
 # export and tag
 # --------------------------------------------------------------------------------------------
@@ -730,12 +810,15 @@ def export(project_dir: Path | str, *, round_: int | None = None, out: Path | st
                               calibrate_thresholds=calibrate_thresholds, device=device)
 
 
-def tag(model: Path | str, archive: Path | str, *, out: Path | str, fmt: str = "csv",
+def tag(model: Path | str, archive: Path | str, *, out: Path | str, fmt: str | None = None,
         device: str = "auto", shard: str | None = None, resume: bool = False,
-        batch_size: int = 32, workers: int | None = None, threads: int | None = None) -> Any:
-    """Tag every image of an archive with an exported model (no project needed)."""
+        batch_size: int = 32, workers: int | None = None, threads: int | None = None,
+        overwrite: bool = False) -> Any:
+    """Tag every image of an archive with an exported model (no project needed). ``fmt``
+    None: from ``out``'s extension. ``resume`` continues an output of the same model only;
+    ``overwrite`` replaces an existing one."""
     from alft_cli.tag import tag_archive
 
     return tag_archive(Path(model), Path(archive), Path(out), fmt=fmt, device=device,
                        shard=shard, resume=resume, batch_size=batch_size, workers=workers,
-                       threads=threads)
+                       threads=threads, overwrite=overwrite)

@@ -39,7 +39,8 @@ def check_project(project: Project, verify_hashes: bool = False) -> DoctorReport
     _check_files(project, records, verify_hashes, problems)
     _check_cache(project, records, problems)
     labels = _check_labels(project, problems, checked)
-    _check_rounds(project, labels, problems, notes, checked)
+    # Answers routed to val close their queries too.
+    _check_rounds(project, {**store.val_answers(), **labels}, problems, notes, checked)
     pretrained = json.loads(store.get_meta("pretrained") or "null")
     if pretrained and not project.resolve(pretrained["file"]).is_file():
         problems.append(f"pretrained backbone {pretrained['file']} is missing")
@@ -54,6 +55,11 @@ def check_project(project: Project, verify_hashes: bool = False) -> DoctorReport
 def _check_files(project: Project, records: list, verify_hashes: bool,
                  problems: list[str]) -> None:
     archive = project.archive
+    if records and not archive.is_dir():
+        # One line with the cause, not one per image: the archive moved or is not mounted.
+        problems.append(f"archive folder not found: {archive} (moved? point the project at "
+                        f"its new place with: alft relocate -p {project.root} NEW_PATH)")
+        return
     for _sid, rec, _split in records:
         path = archive / rec.key
         try:

@@ -94,6 +94,9 @@ def init_pool(
         help="Fraction of images for validation (default 0.25 with --labels, else 0).")] = None,
     test_fraction: Annotated[float | None, typer.Option(
         help="Fraction of images for test (default 0.25 with --labels, else 0).")] = None,
+    val_from_answers: Annotated[float | None, typer.Option(
+        help="No gold labels? Route this share of every imported batch of answers to a "
+             "validation set (never trained on nor queried), e.g. 0.2.")] = None,
     initial: Annotated[int, typer.Option(help="Size of the random initial to-label set.")] = 40,
     image_size: Annotated[int, typer.Option(help="Images are resized to this square size.")
                           ] = 256,
@@ -116,6 +119,7 @@ def init_pool(
     Examples:
       alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
       alft init-pool /data/tiles -p proj --classes water,trees,buildings
+      alft init-pool /data/tiles -p proj --classes water,trees --val-from-answers 0.2
     """
     from alft_cli import api
 
@@ -123,7 +127,7 @@ def init_pool(
                       val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
                       image_size=image_size, in_channels=in_channels, seed=seed,
                       workers=workers, fmt=format, image_url_prefix=image_url_prefix,
-                      document_root=document_root)
+                      document_root=document_root, val_from_answers=val_from_answers)
     out.print(f"project {r.project}: {r.indexed} images indexed in {r.seconds:.1f} s "
               f"(pool {r.splits['pool']}, val {r.splits['val']}, test {r.splits['test']}), "
               f"{len(r.classes)} classes")
@@ -148,21 +152,37 @@ def import_labels(
         "--format", help="auto | onehot | list | label-studio")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing labels that differ.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Validate and report; change nothing.")] = False,
+    val_from_answers: Annotated[float | None, typer.Option(
+        help="Route this share of the new answers to a validation set (never trained on "
+             "nor queried); default: the project's init-pool --val-from-answers.")] = None,
 ) -> None:
     """Import labels for pool images (all rows validated first; all or nothing).
+
+    A row's answer is the classes present, joined by ';' (list CSV) or 0/1 per class
+    (one-hot). "No class present" is an answer too: write none (or -) in the labels column,
+    or 0 in every class column. An EMPTY answer is no answer: the row is not imported and
+    its image stays pending, so a file filled in halfway imports its answered half.
 
     \b
     Examples:
       alft import-labels proj/rounds/round_001/query.csv -p proj --dry-run
       alft import-labels proj/rounds/round_001/query.csv -p proj
+      alft import-labels answers.csv -p proj --val-from-answers 0.2
     """
     from alft_cli import api
 
-    r = api.import_labels(project, file, fmt=format, overwrite=overwrite, dry_run=dry_run)
+    r = api.import_labels(project, file, fmt=format, overwrite=overwrite, dry_run=dry_run,
+                          val_from_answers=val_from_answers)
     verb = "would import" if r.dry_run else "imported"
     out.print(f"{verb} {r.file} ({r.format}): {r.added} new, {r.changed} changed, "
               f"{r.unchanged} unchanged" + (f", {r.not_labels} tasks without a usable "
                                             "annotation" if r.not_labels else ""))
+    if r.unanswered:
+        out.print(f"{r.unanswered} rows unanswered (empty): not imported, their images stay "
+                  "pending (write none for 'no class present')")
+    if r.to_val:
+        out.print(f"{r.to_val} of the new answers {'would go' if r.dry_run else 'went'} to "
+                  "the validation set (--val-from-answers)")
     for note in r.notes:
         out.print(f"note: {note}")
     out.print(f"labeled pool images: {r.labeled_total}; still pending: {r.pending_left}")
@@ -192,13 +212,21 @@ def status(
 def _print_status(info: dict) -> None:
     s = info["splits"]
     out.print(f"[bold]project[/bold] {info['project']}  (archive {info['archive']})")
+    if not info.get("archive_found", True):
+        out.print(f"archive folder not found: {info['archive']} (moved? alft relocate -p "
+                  f"{info['project']} NEW_PATH; the project works from its decode cache "
+                  "meanwhile)", style="yellow")
     out.print(f"images: pool {s['pool']}, val {s['val']}, test {s['test']}"
               + (f"; {info['skipped']} skipped" if info["skipped"] else ""))
     out.print(f"classes ({len(info['classes'])}): {', '.join(info['classes'])}")
     pre = info.get("pretrained")
     out.print("pretrained: " + (f"{pre['backbone']} ({pre['method']}, {pre['epochs']} epochs)"
                                 if pre else "no"))
-    out.print(f"labeled pool images: {info['labeled']}; pending: {len(info['pending'])}")
+    out.print(f"labeled pool images: {info['labeled']}; pending: {len(info['pending'])}"
+              + (f"; {info['val_from_answers']} answers in val" if info.get("val_from_answers")
+                 else ""))
+    if info.get("suggestions"):
+        out.print(_suggestion_evidence(info["suggestions"]))
     if info["rounds"]:
         table = Table(show_edge=False)
         for col in ("round", "strategy", "labeled", "pending", "val micro/macro F1",
@@ -210,6 +238,12 @@ def _print_status(info: dict) -> None:
                           _f1s(m.get("val")), _f1s(m.get("test")))
         out.print(table)
     out.print(f"next: {info['next']}")
+
+
+def _suggestion_evidence(e: dict) -> str:
+    return (f"suggestions: round {e['model_round']}'s model suggested for the "
+            f"{e['answered']} answered images of round {e['round']}'s query: micro F1 "
+            f"{e['micro_f1']:.3f}, {e['exact']} exactly as answered")
 
 
 def _f1s(m: dict | None) -> str:
@@ -297,20 +331,27 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N epochs.")] = 10,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    restart: Annotated[bool, typer.Option(help="Start over, dropping an interrupted run.")
+                       ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Fine-tune the classifier on all labeled images; evaluate on val and test.
 
+    After an interruption (Ctrl-C stops after the current epoch and saves a checkpoint),
+    --resume continues it and --restart starts over; without either it refuses.
+
     \b
     Examples:
       alft finetune -p proj --epochs 100
+      alft finetune -p proj --epochs 100 --resume
     """
     from alft_cli import api
 
     r = api.finetune(project, epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step,
                      momentum=momentum, weight_decay=weight_decay, init=init,
                      freeze_backbone=freeze_backbone, backbone=backbone, seed=seed,
-                     checkpoint_every=checkpoint_every, resume=resume, device=device)
+                     checkpoint_every=checkpoint_every, resume=resume, device=device,
+                     restart=restart)
     if r.interrupted:
         out.print(f"stopped; continue with: alft finetune -p {project} --resume")
         raise typer.Exit(130)
@@ -321,6 +362,8 @@ def finetune(
             m = r.metrics[split]
             out.print(f"  {split}: micro F1 {m['micro_f1']:.4f}  macro F1 {m['macro_f1']:.4f}"
                       f"  mAP {m['mAP']:.4f}  (n={m['n']})")
+    if r.suggestions:
+        out.print(f"  {_suggestion_evidence(r.suggestions)}")
 
 
 @app.command("query")
@@ -431,7 +474,10 @@ def tag(
                       ] = "auto",
     shard: Annotated[str | None, typer.Option(
         help="Process only shard i of n (i/n, 0-based), e.g. 3/8 in an array job.")] = None,
-    resume: Annotated[bool, typer.Option(help="Skip files already in the output.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted output: skip files already in it (same model only).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
     threads: Annotated[int | None, typer.Option(help="onnxruntime CPU threads.")] = None,
@@ -449,7 +495,8 @@ def tag(
     from alft_cli import api
 
     r = api.tag(model, archive, out=out_file, fmt=format, device=device, shard=shard,
-                resume=resume, batch_size=batch_size, workers=workers, threads=threads)
+                resume=resume, batch_size=batch_size, workers=workers, threads=threads,
+                overwrite=overwrite)
     out.print(f"tagged {r.tagged} images with {r.provider} in {r.seconds:.1f} s "
               f"({r.images_per_second:.1f} img/s) -> {r.out}"
               + (f"; {r.already_done} already done" if r.already_done else ""))
@@ -594,6 +641,27 @@ def _named_source(text: str) -> Path | tuple[str, Path]:
     if sep and not Path(text).exists():
         return name, Path(folder)
     return Path(text)
+
+
+@app.command("relocate")
+def relocate(
+    project: ProjectOpt,
+    new_archive: Annotated[Path, typer.Argument(
+        help="The archive's new folder (or its manifest CSV, for a project indexed from one).")],
+) -> None:
+    """Point a project at its moved archive, after checking every indexed image is there
+    with the size and SHA-256 it had at indexing (otherwise nothing changes).
+
+    \b
+    Examples:
+      alft relocate -p proj /mnt/new-disk/archive/images
+    """
+    from alft_cli import api
+
+    r = api.relocate(project, new_archive)
+    out.print(f"archive of {project}: {r.old} -> {r.new} ({r.checked} images checked by size "
+              "and SHA-256)" + (f"; recorded relative to the project as {r.relative}"
+                                if r.relative else ""))
 
 
 @app.command("doctor")

@@ -135,11 +135,17 @@ def export_project(project: Project, round_: int | None = None, out: Path | None
     """
     import onnx
 
-    from alft_cli.finetune import load_model
+    from alft_cli.finetune import load_round_model
 
     rep = reporter()
     record = _pick_round(project, round_)
-    model, meta = load_model(project.resolve(record.model_file))
+    others = [str(r.round) for r in project.store.rounds() if r.model_file
+              and r.round != record.round and project.resolve(r.model_file).is_file()]
+    model, meta = load_round_model(
+        project.root, record.model_file, record.round,
+        (f"export another round: alft export -p {project.root} --round {others[-1]} (rounds "
+         f"with a model file: {', '.join(others)}), or " if others else "")
+        + f"train the round again: alft finetune -p {project.root}")
     model = model.float().eval()
     classes = [str(c) for c in (meta.get("classes") or project.classes)]
     size = int(meta.get("image_size") or project.config.image_size)

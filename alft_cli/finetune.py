@@ -41,6 +41,7 @@ from alft_cli.errors import CheckpointError
 from alft_cli.metrics import multilabel_metrics
 from alft_cli.models import Classifier
 from alft_cli.progress import reporter
+from alft_cli.project import FINETUNE_CHECKPOINT
 from alft_cli.training import (
     GracefulStop,
     autocast,
@@ -48,7 +49,6 @@ from alft_cli.training import (
     to_device_layout,
 )
 
-FINETUNE_CHECKPOINT = "finetune_checkpoint.pt"
 MODEL_FILE = "model.pt"
 # Labeled sets up to this size (uint8 images) are held on the device for the whole round.
 RESIDENT_BYTES = 2 * 2**30
@@ -98,7 +98,7 @@ def train(model: Classifier, cache: CachedImages, ids: np.ndarray, y: np.ndarray
         state = load_safe(ckpt_path, "fine-tuning checkpoint")
         if state.get("kind") != "alft-finetune" or state.get("n_labels") != len(ids):
             raise CheckpointError(f"{ckpt_path} belongs to another run (different labels); "
-                                  "run without --resume")
+                                  "start over with --restart")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -235,6 +235,17 @@ def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_atomic({"kind": "alft-classifier", "format": 1, "config": model.config,
                  "state_dict": state, **meta}, path)
+
+
+def load_round_model(root: Path, model_file: str, round_: int, fix: str
+                     ) -> tuple[Classifier, dict[str, Any]]:
+    """:func:`load_model` of a round's recorded model; a deleted file is an error that names
+    the fix (``fix``: what to run instead, which depends on the command)."""
+    path = Path(model_file) if Path(model_file).is_absolute() else Path(root) / model_file
+    if not path.is_file():
+        raise CheckpointError(f"round {round_}'s model {model_file} is missing (deleted or "
+                              f"moved); {fix}")
+    return load_model(path)
 
 
 def load_model(path: Path) -> tuple[Classifier, dict[str, Any]]:

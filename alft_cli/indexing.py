@@ -8,9 +8,9 @@ renames it into place, so a project appears complete or not at all. The initial 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from alft_cli import __version__
-from alft_cli.atomic import atomic_open
+from alft_cli.atomic import atomic_open, make_temp_dir
 from alft_cli.config import ProjectConfig, check_class_names, parse_class_list
 from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
 from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder, scan_manifest
 from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
 from alft_cli.progress import reporter
-from alft_cli.project import Project, open_project
+from alft_cli.project import ARCHIVE_META, Project, archive_location, open_project
 from alft_cli.store import SampleRecord, Store, encode_y, now_iso
 
 
@@ -49,8 +49,10 @@ def create_project(
     archive: Path, root: Path, *, classes: list[str], labels_file: Path | str | None,
     val_fraction: float, test_fraction: float, initial: int, image_size: int,
     in_channels: int, seed: int, workers: int | None, index_from: Path | None,
+    meta: dict[str, str] | None = None,
 ) -> InitPoolResult:
-    """Index ``archive`` into the new project folder ``root`` (built aside, then renamed)."""
+    """Index ``archive`` into the new project folder ``root`` (built aside, then renamed);
+    ``meta`` adds store settings (e.g. the share of answers routed to val)."""
     check_new_project_dir(root)
     if index_from is not None:
         archive_root, scan, manifest = archive.resolve(), None, None
@@ -60,11 +62,14 @@ def create_project(
         raise ArchiveError(f"{archive}: no images found (.tif/.tiff/.png/.jpg/.jpeg)"
                            + (f"; {len(scan.skipped)} unusable" if scan.skipped else ""))
 
-    tmp_root = Path(tempfile.mkdtemp(prefix=".alft-init-", dir=root.parent))
+    # As open as the umask allows (a team shares the project), not mkdtemp's drwx------.
+    tmp_root = make_temp_dir(root.parent, ".alft-init-")
+    # The archive's location, also relative to the project when both live in one folder.
+    meta = {**(meta or {}), ARCHIVE_META: json.dumps(archive_location(root, archive_root))}
     try:
         result = _build_project(
             tmp_root, archive_root, manifest, scan, classes, labels_file, val_fraction,
-            test_fraction, initial, image_size, in_channels, seed, workers, index_from)
+            test_fraction, initial, image_size, in_channels, seed, workers, index_from, meta)
         _move_into_place(tmp_root, root)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -127,6 +132,7 @@ def _build_project(
     classes: list[str], labels_file: Path | str | None, val_fraction: float,
     test_fraction: float, initial: int, image_size: int, in_channels: int, seed: int,
     workers: int | None, index_from: Path | None = None,
+    meta: dict[str, str] | None = None,
 ) -> InitPoolResult:
     (tmp_root / "cache").mkdir()
     if index_from is not None:
@@ -158,6 +164,8 @@ def _build_project(
     try:
         with store.transaction():
             store.set_meta("alft_version", __version__)
+            for key, value in (meta or {}).items():
+                store.set_meta(key, value)
             store.add_samples((row, rec, splits[row]) for row, rec in records)
             store.add_skipped(skipped)
             store.set_gold((row, y) for row, y in gold.items() if splits[row] != "pool")

@@ -30,6 +30,9 @@ from alft_cli.images import CACHE_FILE
 from alft_cli.store import Store
 
 DEFAULT_LOCK_TIMEOUT = 10.0
+# An interrupted fine-tuning's checkpoint, in its round's folder (named here, not in
+# finetune.py, so that status can look for it without importing torch).
+FINETUNE_CHECKPOINT = "finetune_checkpoint.pt"
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Project:
     def round_dir(self, round_: int) -> Path:
         return self.root / "rounds" / f"round_{round_:03d}"
 
+    def finetune_checkpoint(self, round_: int) -> Path:
+        """Where an interrupted fine-tuning of ``round_`` left its checkpoint."""
+        return self.round_dir(round_) / FINETUNE_CHECKPOINT
+
     def relative(self, path: Path) -> str:
         """Path as stored in the database: relative to the project root when inside it."""
         try:
@@ -84,7 +91,7 @@ class Project:
         recorded = json.loads(self.store.get_meta(ARCHIVE_META) or "null") or {}
         found = []
         if recorded.get("relative"):
-            found.append(self.root / recorded["relative"])
+            found.append((self.root / recorded["relative"]).resolve())
         found.append(Path(recorded.get("absolute") or self.config.archive))
         return found
 

@@ -176,7 +176,7 @@ def _load_init_weights(path: Path, backbone: str, in_channels: int) -> dict:
 
 def initial_classifier(project: Project, cfg: Any, round_: int) -> tuple[Any, str, str]:
     """Build the classifier for this round and load its starting weights."""
-    from alft_cli.finetune import build_classifier, load_model
+    from alft_cli.finetune import build_classifier, load_round_model
     from alft_cli.models import BACKBONES
 
     # The head (and a scratch model) is initialized here: seed first, so a run does not
@@ -194,7 +194,10 @@ def initial_classifier(project: Project, cfg: Any, round_: int) -> tuple[Any, st
                               "(run alft pretrain)")
         choice = "scratch"
     if choice == "previous":
-        model, _ = load_model(project.resolve(previous.model_file))
+        model, _ = load_round_model(
+            project.root, previous.model_file, previous.round,
+            f"start round {round_} from the pretrained backbone instead: alft finetune -p "
+            f"{project.root} --init pretrained (or --init scratch)")
         backbone = model.config["backbone"]
         if cfg.backbone and cfg.backbone != backbone:
             raise OptionError(f"--backbone {cfg.backbone}: the previous round's model is a "

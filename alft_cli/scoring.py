@@ -12,17 +12,14 @@ Under torchrun every rank scores a shard of the pool and only rank 0 selects.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alft_cli.errors import OptionError
 from alft_cli.project import Project
-from alft_cli.store import decode_y
 
 
 @dataclass
@@ -98,55 +95,21 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
                   chosen_p, notes)
 
 
-# Fewer answered suggestions than this say too little about a model to steer `auto`.
-MIN_SUGGESTIONS_FOR_EVIDENCE = 10
-
-
 def model_evidence(project: Project, model_rec: Any) -> tuple[float | None, str]:
     """How good the current model is, from what is known at query time (never test labels):
-    its validation micro-F1 when the project has gold val labels; otherwise the micro-F1 of
-    the latest query's suggestions (p >= 0.5, written by an earlier model) against the labels
-    people gave those images since - out-of-sample for the model that suggested them, and a
-    round behind the current one, so it errs on the cautious side."""
+    its validation micro-F1 when the project has val labels; otherwise the micro-F1 of the
+    latest query's suggestions against the labels people gave those images since
+    (:func:`alft_cli.evidence.last_answered_suggestions`)."""
+    from alft_cli.evidence import last_answered_suggestions
+
     val = (model_rec.metrics or {}).get("val") or {}
     if val.get("micro_f1") is not None:
         return float(val["micro_f1"]), (f"validation micro-F1 {val['micro_f1']:.3f} of "
                                         f"round {model_rec.round}'s model")
-    store = project.store
-    labels = store.labels()
-    ids = store.ids_by_key()
-    classes = project.classes
-    for rec in reversed(store.rounds()):
-        if rec.model_round is None or not rec.query_file:
-            continue
-        suggested = _suggestions(project.resolve(rec.query_file), classes)
-        answered = [(decode_y(labels[ids[k]]), p) for k, p in suggested.items()
-                    if k in ids and ids[k] in labels]
-        if len(answered) < MIN_SUGGESTIONS_FOR_EVIDENCE:
-            continue
-        from alft_cli.metrics import multilabel_metrics
-
-        y_true = np.stack([y for y, _ in answered])
-        y_score = np.stack([p for _, p in answered])
-        f1 = float(multilabel_metrics(y_true, y_score, classes)["micro_f1"])
-        return f1, (f"no validation labels; round {rec.model_round}'s suggestions on the "
-                    f"{len(answered)} images of round {rec.round}'s query reached micro-F1 "
-                    f"{f1:.3f} against the labels given")
-    return None, "no validation labels and no answered model suggestions yet"
-
-
-def _suggestions(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
-    """filename -> probabilities from a query file's p_<class> columns ({} if unreadable)."""
-    columns = [f"p_{c}" for c in classes]
-    out: dict[str, np.ndarray] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if all(row.get(c) not in (None, "") for c in columns):
-                    out[row["filename"]] = np.array([float(row[c]) for c in columns])
-    except (OSError, ValueError, KeyError, csv.Error):
-        return {}
-    return out
+    evidence = last_answered_suggestions(project)
+    if evidence is None:
+        return None, "no validation labels and no answered model suggestions yet"
+    return evidence.micro_f1, f"no validation labels; {evidence.describe()}"
 
 
 def _score_pool(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarray,
@@ -269,11 +232,14 @@ def _import_in_background(module: str) -> Any:
 
 def scoring_model(project: Project, model_rec: Any) -> Any:
     """The latest round's classifier, or (before any) the pretrained backbone for features."""
-    from alft_cli.finetune import load_model
+    from alft_cli.finetune import load_round_model
     from alft_cli.routes import pretrained_classifier
 
     if model_rec is not None:
-        model, _ = load_model(project.resolve(model_rec.model_file))
+        model, _ = load_round_model(
+            project.root, model_rec.model_file, model_rec.round,
+            f"train the current round again with: alft finetune -p {project.root} (or query "
+            "without a model: --strategy random)")
         return model
     pretrained = json.loads(project.store.get_meta("pretrained") or "null")
     if pretrained is None:

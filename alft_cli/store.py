@@ -85,7 +85,6 @@ CREATE TABLE queries (
     PRIMARY KEY (round, sample_id)
 );
 CREATE INDEX queries_state ON queries(state);
-CREATE INDEX queries_sample ON queries(sample_id, state);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     command TEXT NOT NULL,
@@ -193,6 +192,7 @@ class Store:
             raise ProjectError(f"{path} already exists")
         conn = _connect(path)
         conn.executescript(_SCHEMA)
+        _add_missing_indexes(conn)
         conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
                      (str(SCHEMA_VERSION),))
         return cls(conn, path)
@@ -331,6 +331,27 @@ class Store:
             "INSERT INTO labels(sample_id, y, round, import_id) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(sample_id) DO UPDATE SET y=excluded.y, import_id=excluded.import_id",
             items)
+
+    def has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                 (name,)).fetchone() is not None
+
+    # -- answers routed to validation --------------------------------------------------------
+    def val_answers(self) -> dict[int, str]:
+        """sample id -> answer of the images routed to the val split (none in older stores)."""
+        if not self.has_table("val_answers"):
+            return {}
+        return dict(self.conn.execute(
+            "SELECT v.sample_id, g.y FROM val_answers v JOIN gold g ON g.sample_id = v.sample_id"))
+
+    def add_val_answers(self, items: Iterable[tuple[int, str, int, int]]) -> None:
+        """Route (sample_id, y, round, import_id) answers to the val split."""
+        items = list(items)
+        self.set_split((s for s, _, _, _ in items), "val")
+        self.set_gold((s, y) for s, y, _, _ in items)
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO val_answers(sample_id, round, import_id) VALUES (?, ?, ?)",
+            ((s, r, i) for s, _, r, i in items))
 
     # -- rounds and queries ----------------------------------------------------------------
     def add_round(self, round_: int, strategy: str, budget: int, seed: int,
@@ -486,19 +507,27 @@ def _connect(path: Path, uri: str | None = None) -> sqlite3.Connection:
     return conn
 
 
-# Indexes added after schema 1 shipped. An index changes no data and older alft versions read
-# a store that has it, so adding one is not a schema change: projects written before get it
-# the first time a writing command opens them (read-only opens do without; they are slower
-# only where they would look a sample's queries up one by one, which none does).
-_LATER_INDEXES = (
+# Tables and indexes added after schema 1 shipped. Each only adds (no data changes meaning)
+# and older alft versions read a store that has it, so adding one is not a schema change:
+# projects written before get it the first time a writing command opens them. Read-only
+# opens do without: readers treat a missing table as empty.
+_LATER_SCHEMA = (
     # mark_labeled looks queries up by sample: without it each answer scanned every pending
     # query, and importing n answers took time quadratic in n (issue 17).
     "CREATE INDEX IF NOT EXISTS queries_sample ON queries(sample_id, state)",
+    # Answers routed to the validation split (import-labels --val-from-answers): their label
+    # is in `gold` (so they are evaluated on, never trained on nor queried); this says which
+    # gold labels are people's answers, from which round and import.
+    """CREATE TABLE IF NOT EXISTS val_answers (
+        sample_id INTEGER PRIMARY KEY REFERENCES samples(id),
+        round INTEGER NOT NULL,
+        import_id INTEGER REFERENCES imports(id)
+    )""",
 )
 
 
 def _add_missing_indexes(conn: sqlite3.Connection) -> None:
-    for statement in _LATER_INDEXES:
+    for statement in _LATER_SCHEMA:
         conn.execute(statement)
 
 

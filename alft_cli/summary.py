@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from alft_cli import __version__
+from alft_cli.evidence import last_answered_suggestions
 from alft_cli.project import Project
 
 
@@ -38,10 +39,12 @@ def summarize(project: Project) -> dict[str, Any]:
     class_counts = (label_y.sum(0).astype(int).tolist() if len(label_ids)
                     else [0] * len(project.classes))
     pretrained = store.get_meta("pretrained")
+    evidence = last_answered_suggestions(project, minimum=1)
     info = {
         "project": str(project.root),
         "alft_version": __version__,
-        "archive": project.config.archive,
+        "archive": str(project.archive),
+        "archive_found": project.archive.is_dir(),
         "classes": project.classes,
         "image_size": project.config.image_size,
         "splits": store.split_counts(),
@@ -51,6 +54,9 @@ def summarize(project: Project) -> dict[str, Any]:
         "class_counts": dict(zip(project.classes, class_counts)),
         "rounds": rounds,
         "pretrained": json.loads(pretrained) if pretrained else None,
+        # Evidence without gold labels: how the last answered suggestions matched the answers.
+        "suggestions": evidence.as_dict() if evidence else None,
+        "val_from_answers": len(store.val_answers()),
         "next": _next_step(project, len(label_ids), pending, rounds, pretrained),
     }
     return info
@@ -59,6 +65,12 @@ def summarize(project: Project) -> dict[str, Any]:
 def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict],
                pretrained: str | None) -> str:
     p = str(project.root)
+    current = rounds[-1]["round"] if rounds else None
+    if current is not None and rounds[-1]["model"] is None and \
+            project.finetune_checkpoint(current).exists():
+        # Started over, an interrupted fine-tuning would be lost: say how to continue it.
+        return (f"alft finetune -p {p} --resume   (continues the interrupted fine-tuning of "
+                f"round {current}; --restart starts over)")
     if pending:
         link = project.store.ls_current_link()
         if link is not None and project.store.ls_tasks(link.id).keys() & set(pending):
@@ -70,8 +82,23 @@ def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict]
                 + f", then: alft import-labels FILE -p {p}")
     if pretrained is None and labeled == 0:
         return f"alft pretrain -p {p}   (or import labels for the initial set)"
+    stale = stale_model(rounds, labeled)
+    if stale:
+        return f"alft finetune -p {p}   ({stale})"
     if rounds and rounds[-1]["model"] is None and labeled:
         return f"alft finetune -p {p}"
     if labeled:
         return f"alft query -p {p} --budget 20"
     return f"alft query -p {p} --budget 20 --strategy kmeans"
+
+
+def stale_model(rounds: list[dict], labeled: int) -> str | None:
+    """Why the latest model is behind the labels (None when it is not, or there is none).
+
+    ``rounds`` are status rows; ``labeled`` the training labels stored now.
+    """
+    latest = next((r for r in reversed(rounds) if r["model"]), None)
+    if latest is None or latest["labeled"] is None or labeled <= latest["labeled"]:
+        return None
+    return (f"round {latest['round']}'s model was trained on {latest['labeled']} labels; "
+            f"{labeled - latest['labeled']} labeled since are not in it")

@@ -409,6 +409,18 @@ def test_output_format_follows_the_name_or_is_refused(name, fmt, expected):
             tag.resolve_format(fmt, Path(name))
 
 
+def test_tag_overwrite_from_the_command_line(built, calibrated, tmp_path, cli):
+    out = tmp_path / "tags.csv"
+    args = [built["archive"].root, "--out", out, "--device", "cpu", "--batch-size", "8"]
+    assert cli("tag", built["export"].path, *args).code == 0
+    r = cli("tag", calibrated.path, *args, "--resume")
+    assert r.code == 1 and "written by another model" in r.stderr, r.stderr
+    r = cli("tag", calibrated.path, *args, "--overwrite")
+    assert r.code == 0, r.stderr
+    assert json.loads(tag.model_record_path(out).read_text())["sha256"] == tag.file_sha256(
+        calibrated.path)
+
+
 def test_tag_to_a_jsonl_name_writes_jsonl(built, tmp_path, cli):
     out = tmp_path / "tags.jsonl"
     result = cli("tag", built["export"].path, built["archive"].root, "--out", out,

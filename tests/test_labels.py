@@ -444,10 +444,11 @@ def test_accepted_normalizations(tmp_path, content, fmt):
 
 
 def test_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path):
-    text = 'filename,labels\n\na.jpg,water\n"b\nc.jpg",cars\nd.jpg,\n'
+    text = 'filename,labels\n\na.jpg,water\n"b\nc.jpg",cars\nd.jpg,None\ne.jpg,\n'
     parsed = read_label_file(write(tmp_path, "l.csv", text), CLASSES)
     assert [r.where for r in parsed.rows] == ["row 3", "row 4", "row 5"]
-    assert parsed.rows[2].labels == vec()  # empty cell = no class present
+    assert parsed.rows[2].labels == vec()  # "none" = no class present
+    assert parsed.unanswered == 1  # an empty cell is no answer: row 6 is not a label
 
 
 def test_class_names_come_back_in_project_spelling_and_order(tmp_path):
@@ -543,12 +544,15 @@ HEADER = "filename,airplane,bare-soil,buildings,cars,water\n"
             ],
         ),
         (
-            'filename,labels\na.jpg,water\nb.jpg,watr;cars\nc.jpg,none\nd.jpg,"cars,water"\n',
+            'filename,labels\na.jpg,water\nb.jpg,watr;cars\nc.jpg,nothing\nd.jpg,"cars,water"\n'
+            'e.jpg,none;water\n',
             [
                 "labels.csv row 3: unknown class 'watr' (did you mean 'water'?)",
-                "labels.csv row 4: unknown class 'none' (leave the cell empty when no class is "
+                "labels.csv row 4: unknown class 'nothing' (write none when no class is "
                 "present)",
                 "labels.csv row 5: unknown class 'cars,water' (separate classes with ';')",
+                "labels.csv row 6: 'none' (no class present) together with classes; keep one "
+                "of them",
             ],
         ),
         ("filename,labels\n,water\n", ["labels.csv row 2: empty filename"]),
@@ -719,7 +723,8 @@ def test_query_csv_columns_and_suggestions(tmp_path):
         f"p_{c}" for c in CLASSES
     ]
     assert rows[1][:5] == ["water/water00.jpg", "1", "0.93", "2", "bare-soil;cars;water"]
-    assert rows[2][4] == ""  # p = 0.49 is not suggested
+    # p = 0.49 is not suggested; "none" (not an empty cell) so that accepting it is an answer
+    assert rows[2][4] == "none"
 
 
 def test_query_csv_round_trip_gives_the_suggestions(tmp_path):
@@ -734,13 +739,13 @@ def test_query_csv_round_trip_gives_the_suggestions(tmp_path):
     assert any("pre-filled" in n for n in parsed.notes)
 
 
-def test_initial_query_csv_has_no_probabilities_and_warns_on_import(tmp_path):
+def test_initial_query_csv_has_no_probabilities_and_imports_nothing_unanswered(tmp_path):
     path = tmp_path / "query.csv"
     write_query_csv(path, [QueryRow("a.jpg", 1, 0.0, -1, None)], CLASSES)
     assert path.read_text().splitlines() == ["filename,rank,score,cluster,labels", "a.jpg,1,0,-1,"]
     parsed = read_label_file(path, CLASSES)
-    assert parsed.rows[0].labels == vec()
-    assert any("do not import it" in n for n in parsed.notes)
+    assert (parsed.rows, parsed.unanswered) == ([], 1)
+    assert parsed.notes == []  # no suggestions, so no note about them
 
 
 def test_edited_query_csv_in_excel_style(tmp_path):

@@ -193,19 +193,61 @@ def test_import_onehot_then_status(project, tiny_archive, tmp_path):
     assert _db_snapshot(project) == before
 
 
-def test_import_list_csv_and_empty_list(project, tiny_archive, tmp_path):
+def test_import_list_csv_none_and_empty(project, tiny_archive, tmp_path):
     keys = _pending_keys(project)
     classes = tiny_archive.classes
     f = tmp_path / "list.csv"
-    f.write_text("filename,labels\n" + f"{keys[0]},{classes[0]};{classes[2]}\n" + f"{keys[1]},\n")
-    api.import_labels(project, f)
+    f.write_text("filename,labels\n" + f"{keys[0]},{classes[0]};{classes[2]}\n"
+                 + f"{keys[1]},none\n{keys[2]}, - \n{keys[3]},\n{keys[4]}, ; \n")
+    r = api.import_labels(project, f)
+    assert (r.added, r.unanswered, r.pending_left) == (3, 2, 7)
     p = open_project(project)
     ids = p.store.ids_by_key()
     labels = p.store.labels()
     p.close()
     assert labels[ids[keys[0]]] == "101" + "0" * (len(classes) - 3)
-    assert labels[ids[keys[1]]] == "0" * len(classes)  # an empty list is a real answer
-    assert len(_pending_keys(project)) == 8
+    # "none" and "-" are the answer "no class present"; an empty cell is no answer at all.
+    assert labels[ids[keys[1]]] == labels[ids[keys[2]]] == "0" * len(classes)
+    assert ids[keys[3]] not in labels and ids[keys[4]] not in labels
+    assert set(_pending_keys(project)) == set(keys[3:])
+
+
+def test_an_untouched_initial_query_file_imports_nothing(project, cli):
+    # Round 0 has no model, so its labels column starts empty: importing it unchanged used
+    # to store every image as "no class present".
+    query = project / "rounds" / "round_000" / "query.csv"
+    before = _db_snapshot(project)
+    r = cli("import-labels", query, "-p", project)
+    assert r.code == 0, r.stderr
+    assert "0 new" in r.stdout and "10 rows unanswered" in r.stdout, r.stdout
+    assert "still pending: 10" in r.stdout
+    assert "suggestions" not in r.stdout  # there were none
+    after = _db_snapshot(project)
+    assert after["labels"] == before["labels"] == [] and after["queries"] == before["queries"]
+
+
+def test_a_half_filled_file_imports_its_answered_half(project, tiny_archive, tmp_path, cli):
+    keys = _pending_keys(project)
+    f = tmp_path / "half.csv"
+    f.write_text("filename,labels\n" + "".join(
+        f"{k},{tiny_archive.classes[1] if i < 4 else ''}\n" for i, k in enumerate(keys)))
+    r = cli("import-labels", f, "-p", project)
+    assert r.code == 0, r.stderr
+    assert "4 new" in r.stdout and "6 rows unanswered" in r.stdout, r.stdout
+    assert set(_pending_keys(project)) == set(keys[4:])
+
+
+def test_one_hot_rows_of_zeros_are_answers_and_empty_rows_are_not(project, tiny_archive,
+                                                                   tmp_path):
+    keys = _pending_keys(project)
+    n = len(tiny_archive.classes)
+    f = tmp_path / "onehot.csv"
+    f.write_text("filename," + ",".join(tiny_archive.classes) + "\n"
+                 + f"{keys[0]}," + ",".join(["0"] * n) + "\n"
+                 + f"{keys[1]}," + ",".join([""] * n) + "\n")
+    r = api.import_labels(project, f)
+    assert (r.added, r.unanswered) == (1, 1)
+    assert set(_pending_keys(project)) == set(keys[1:])
 
 
 def test_dry_run_changes_nothing(project, tiny_archive, tmp_path):

@@ -10,16 +10,19 @@ Formats read (``fmt="auto"`` tells them apart by content: JSON is Label Studio; 
 column is a list CSV; any other CSV is one-hot):
 
 * **one-hot CSV**: a ``filename`` column plus one 0/1 column per project class. The class
-  columns must be exactly the project classes, in any order.
-* **list CSV**: ``filename,labels``, where ``labels`` holds class names joined by ``;``. An
-  empty cell means "no class present", which is a label too (every class is 0).
+  columns must be exactly the project classes, in any order. A row of 0s means "no class
+  present"; a row whose class cells are all empty is not answered (see below).
+* **list CSV**: ``filename,labels``, where ``labels`` holds class names joined by ``;``.
+  ``none`` (or ``-``) means "no class present", which is a label too (every class is 0).
+  **An empty cell is not an answer**: the row is not imported and its image stays pending
+  (``ParsedLabels.unanswered`` counts them), so a file filled in halfway imports its
+  answered half only.
 * **alft query CSV** (written by :func:`write_query_csv`): a list CSV with the extra
   columns ``rank``, ``score``, ``cluster`` (and ``suggested``) and ``p_<class>``. These are
   ignored on import. The ``labels`` column starts out holding the model's suggestions
-  (classes with p >= 0.5), so people correct it rather than type it. **Importing the query
-  file unchanged therefore means accepting every suggestion.** An empty cell still means
-  "no class present", not "not labeled yet", so delete the rows you did not label. (For the
-  random initial set there is no model, so every cell starts out empty.)
+  (classes with p >= 0.5, or ``none``), so people correct it rather than type it.
+  **Importing the query file unchanged therefore means accepting every suggestion.** (For
+  the random initial set there is no model, so every cell starts out empty: unanswered.)
 * **Label Studio** exports (JSON, JSON_MIN, CSV, snapshot JSON) of a project that uses the
   config from :func:`label_studio_config`.
 

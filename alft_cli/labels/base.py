@@ -18,6 +18,11 @@ from alft_cli.errors import LabelFileError
 
 FORMATS = ("auto", "onehot", "list", "label-studio")
 LABEL_SEPARATOR = ";"
+# The list format's explicit answer "no class present". An empty cell is no answer at all
+# (the image stays pending): a file half filled in must not store its other half as
+# "nothing there". A class of that name wins over the word.
+NOTHING = "none"
+NOTHING_SPELLINGS = ("none", "-")
 SUGGEST_THRESHOLD = 0.5
 MAX_LISTED_PROBLEMS = 50
 
@@ -48,6 +53,8 @@ class ParsedLabels:
         rows: The real labels only (no skipped or unannotated tasks), in file order.
         skipped: Label Studio tasks without a usable annotation (none, or only skipped ones).
         notes: Things the user should know about how the file was read.
+        unanswered: CSV rows whose answer is empty (a list CSV's empty ``labels`` cell, a
+            one-hot row with every class cell empty): not labels; their images stay pending.
     """
 
     path: Path
@@ -55,6 +62,7 @@ class ParsedLabels:
     rows: list[LabelRow]
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    unanswered: int = 0
 
 
 class Classes:

@@ -20,6 +20,8 @@ import numpy as np
 from alft_cli.atomic import atomic_write_text
 from alft_cli.labels.base import (
     LABEL_SEPARATOR,
+    NOTHING,
+    NOTHING_SPELLINGS,
     Classes,
     LabelRow,
     Problems,
@@ -32,9 +34,9 @@ from alft_cli.labels.base import (
 
 QUERY_COLUMNS = ("rank", "score", "cluster", "suggested")
 
-# Words people type to mean "nothing here". They are refused, with a hint, rather than
-# guessed, because the list format already spells "nothing" as an empty cell.
-_NOTHING_WORDS = frozenset({"none", "nothing", "-", "n/a", "na", "null", "empty", "no", "0"})
+# Other words people type to mean "nothing here". They are refused, with a hint, rather than
+# guessed: "no" or "0" may as well be a slip, and the list format spells nothing as "none".
+_NOTHING_WORDS = frozenset({"nothing", "n/a", "na", "null", "empty", "no", "0"})
 
 
 def header_classes(path: Path) -> list[str]:
@@ -190,7 +192,9 @@ def _row_ref(cells: list[str], fcol: int | None, where: str,
     return ref, True
 
 
-def read_onehot(table: Table, cls: Classes, problems: Problems) -> list[LabelRow]:
+def read_onehot(table: Table, cls: Classes, problems: Problems) -> tuple[list[LabelRow], int]:
+    """The rows of a one-hot CSV, and how many were left unanswered (every class cell
+    empty: not a label, the image stays pending; a row of 0s is the answer "nothing")."""
     where_h = f"row {table.header_row}"
     fcol: int | None = None
     class_cols: dict[int, int] = {}  # column -> class index
@@ -218,11 +222,15 @@ def read_onehot(table: Table, cls: Classes, problems: Problems) -> list[LabelRow
     blank = blank_columns(table)
     class_items = list(class_cols.items())
     out: list[LabelRow] = []
+    unanswered = 0
     for rowno, cells in table.rows:
         where = f"row {rowno}"
         if not row_fits(cells, table, blank, where, problems):
             continue
         ref, ok = _row_ref(cells, fcol, where, problems)
+        if class_items and not any(cells[j].strip() for j, _ in class_items):
+            unanswered += 1
+            continue
         vec = [0] * len(cls.names)
         for j, i in class_items:
             bit = _BITS.get(cells[j])
@@ -240,7 +248,7 @@ def read_onehot(table: Table, cls: Classes, problems: Problems) -> list[LabelRow
         if ok and fcol is not None:
             out.append(LabelRow(ref, tuple(vec), where))
     check_duplicates(out, cls, problems, "row")
-    return out
+    return out, unanswered
 
 
 _BITS = {"0": 0, "1": 1}
@@ -250,13 +258,18 @@ def _unknown_class_hint(name: str, cls: Classes) -> str:
     if "," in name and all(cls.find(part) is not None for part in name.split(",")):
         return " (separate classes with ';')"
     if name.strip().casefold() in _NOTHING_WORDS:
-        return " (leave the cell empty when no class is present)"
+        return f" (write {NOTHING} when no class is present)"
     return cls.hint(name)
 
 
 def read_list(
     table: Table, cls: Classes, problems: Problems, notes: list[str]
-) -> list[LabelRow]:
+) -> tuple[list[LabelRow], int]:
+    """The rows of a list CSV, and how many were left unanswered.
+
+    An empty ``labels`` cell is no answer (the image stays pending); ``none`` (or ``-``) is
+    the answer "no class present".
+    """
     where_h = f"row {table.header_row}"
     fcol: int | None = None
     lcol: int | None = None
@@ -293,7 +306,7 @@ def read_list(
 
     blank = blank_columns(table)
     out: list[LabelRow] = []
-    empty_cells = 0
+    unanswered = 0
     for rowno, cells in table.rows:
         where = f"row {rowno}"
         if not row_fits(cells, table, blank, where, problems):
@@ -302,7 +315,15 @@ def read_list(
         if lcol is None:
             continue
         names = [t.strip() for t in cells[lcol].split(LABEL_SEPARATOR) if t.strip()]
-        empty_cells += not names
+        if not names:
+            unanswered += 1
+            continue
+        said_nothing = [n for n in names if _means_nothing(n, cls)]
+        if said_nothing and len(names) > 1:
+            problems.add(where, f"{said_nothing[0]!r} (no class present) together with "
+                                "classes; keep one of them")
+            ok = False
+        names = [n for n in names if not _means_nothing(n, cls)]
         vec, unknown = cls.vector(names)
         for name in unknown:
             problems.add(where, f"unknown class {name!r}{_unknown_class_hint(name, cls)}")
@@ -311,19 +332,18 @@ def read_list(
             out.append(LabelRow(ref, vec, where))
     check_duplicates(out, cls, problems, "row")
 
-    if "rank" in query_cols:
-        # Importing a query file as-is silently accepts the model's suggestions, and an
-        # untouched initial query file says "no class present" for every image. Say so.
+    if "rank" in query_cols and any(c.startswith("p_") for c in query_cols) and out:
+        # Importing a query file as-is silently accepts the model's suggestions. (The random
+        # initial set has none: its cells start empty, which imports nothing.)
         notes.append(
             "this is an alft query file: its labels column was pre-filled with the model's "
             "suggestions, so rows left unchanged were read as the suggestions"
         )
-        if empty_cells == len(table.rows) and not any(c.startswith("p_") for c in query_cols):
-            notes.append(
-                f"every one of the {len(table.rows)} rows has an empty labels column, which "
-                "means 'no class present'; if you have not labeled them yet, do not import it"
-            )
-    return out
+    return out, unanswered
+
+
+def _means_nothing(name: str, cls: Classes) -> bool:
+    return name.casefold() in NOTHING_SPELLINGS and cls.find(name) is None
 
 
 def write_labels_csv(
@@ -357,7 +377,8 @@ def write_labels_csv(
     elif fmt == "list":
         text = csv_text(
             ["filename", "labels"],
-            ([k, LABEL_SEPARATOR.join(n for n, v in zip(names, y) if v)] for k, y in zip(keys, Y)),
+            ([k, LABEL_SEPARATOR.join(n for n, v in zip(names, y) if v) or NOTHING]
+             for k, y in zip(keys, Y)),
         )
     else:
         raise ValueError(f"unknown labels CSV format {fmt!r}; use 'onehot' or 'list'")

@@ -10,6 +10,7 @@ from pathlib import Path
 from alft_cli.atomic import atomic_write_text
 from alft_cli.labels.base import (
     LABEL_SEPARATOR,
+    NOTHING,
     SUGGEST_THRESHOLD,
     check_writable_classes,
     csv_text,
@@ -51,9 +52,9 @@ def write_query_csv(path: Path, rows: Sequence[QueryRow], classes: Sequence[str]
 
     Columns: ``filename,rank,score,cluster,labels`` then ``p_<class>`` per class. The
     ``p_`` columns are left out when no row has probabilities (the random initial set).
-    ``labels`` is pre-filled with the suggested classes (p >= 0.5, joined by ``;``), so that
-    importing the file unchanged means accepting the suggestions. It is empty without a
-    model.
+    ``labels`` is pre-filled with the suggested classes (p >= 0.5, joined by ``;``; ``none``
+    when no class reaches 0.5), so that importing the file unchanged means accepting the
+    suggestions. It is empty without a model: an empty cell is no answer.
 
     Args:
         path: Where to write. The file is replaced atomically.
@@ -71,7 +72,10 @@ def write_query_csv(path: Path, rows: Sequence[QueryRow], classes: Sequence[str]
         header += [f"p_{c}" for c in names]
     lines = []
     for r in rows:
-        suggested = LABEL_SEPARATOR.join(suggested_classes(r.probabilities, names))
+        # A model that sees no class suggests the answer "none": an empty cell would be no
+        # answer, and importing the file unchanged would leave that image pending.
+        suggested = ("" if r.probabilities is None else
+                     LABEL_SEPARATOR.join(suggested_classes(r.probabilities, names)) or NOTHING)
         line = [r.filename, int(r.rank), fmt_float(r.score, ".6g"), int(r.cluster), suggested]
         if with_p and r.probabilities is None:
             line += [""] * len(names)

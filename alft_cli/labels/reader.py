@@ -48,7 +48,7 @@ def read_label_file(path: Path, classes: Sequence[str], fmt: str = "auto") -> Pa
 
     is_json = text.lstrip()[:1] in ("[", "{")
     rows: list[LabelRow] = []
-    skipped = 0
+    skipped = unanswered = 0
     if is_json:
         if fmt in ("onehot", "list"):
             problems.add(
@@ -67,8 +67,9 @@ def read_label_file(path: Path, classes: Sequence[str], fmt: str = "auto") -> Pa
             if fmt == "label-studio":
                 rows, skipped = read_ls_csv(table, cls, problems, notes)
             elif fmt == "list":
-                rows = read_list(table, cls, problems, notes)
+                rows, unanswered = read_list(table, cls, problems, notes)
             else:
-                rows = read_onehot(table, cls, problems)
+                rows, unanswered = read_onehot(table, cls, problems)
     problems.raise_if_any()
-    return ParsedLabels(path=path, format=fmt, rows=rows, skipped=skipped, notes=notes)
+    return ParsedLabels(path=path, format=fmt, rows=rows, skipped=skipped, notes=notes,
+                        unanswered=unanswered)
