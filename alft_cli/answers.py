@@ -1,4 +1,4 @@
-"""Checking an answer file against the project before anything is written.
+"""Checking an answer file against the project before anything is written, then writing it.
 
 :func:`plan_import` matches every row of a parsed label file to a sample and decides what it
 does to the store: add a label, change one (only with ``overwrite``), or nothing (the same
@@ -157,6 +157,22 @@ def _compare_with_suggestions(project: Project, answers: list[tuple[int, str, in
         compared += 1
         same += bool((suggested(p) == decode_y(y)).all())
     return compared, same
+
+
+def store_answers(project: Project, file: Path, sha256: str, fmt: str,
+                  plan: ImportPlan) -> None:
+    """Write one import's answers (inside the caller's transaction): training labels, val
+    answers, and the queries they close."""
+    store = project.store
+    if store.current_round() is None:
+        # Labels before any query (an existing labeled subset): open round 0.
+        store.add_round(0, "imported", 0, project.config.seed, None, None)
+    import_id = store.add_import(str(file.resolve()), sha256, fmt, plan.added, plan.changed,
+                                 plan.unchanged)
+    store.upsert_labels((s, y, r, import_id) for s, y, r in plan.new)
+    store.add_val_answers((s, y, r, import_id) for s, y, r in plan.to_val)
+    store.set_gold(plan.val_changed)
+    store.mark_labeled(plan.answered_ids)
 
 
 def suggestions_note(plan: ImportPlan) -> str | None:

@@ -220,7 +220,7 @@ def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto
     ``val_from_answers`` (default: the project's ``init-pool --val-from-answers``) routes
     that share of the answers to the val split (:mod:`alft_cli.valsplit`).
     """
-    from alft_cli.answers import plan_import, suggestions_note
+    from alft_cli.answers import plan_import, store_answers, suggestions_note
     from alft_cli.valsplit import check_fraction, project_fraction, refuse_with_gold_val
 
     file = Path(file)
@@ -236,13 +236,12 @@ def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto
             refuse_with_gold_val(store, val_from_answers)
         parsed = read_label_file(file, project.classes, fmt=fmt)
         plan = plan_import(project, parsed, file, overwrite, fraction)
-        if plan.answered_ids or plan.val_changed:
-            if not dry_run:
-                faults.point("import-labels:validated")
-                with store.transaction():
-                    _store_answers(project, file, parsed.format, plan)
-                    faults.point("import-labels:before-commit")
-                faults.point("import-labels:committed")
+        if (plan.answered_ids or plan.val_changed) and not dry_run:
+            faults.point("import-labels:validated")
+            with store.transaction():
+                store_answers(project, file, _sha256(file), parsed.format, plan)
+                faults.point("import-labels:before-commit")
+            faults.point("import-labels:committed")
         answered = set(plan.answered_ids)
         pending_left = sum(1 for _, s in store.pending() if s not in answered)
         labeled_total = plan.labeled_before + plan.train_added
@@ -253,20 +252,6 @@ def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto
         return ImportResult(file, parsed.format, plan.added, plan.changed, plan.unchanged,
                             parsed.skipped, dry_run, pending_left, labeled_total, notes,
                             parsed.unanswered, len(plan.to_val))
-
-
-def _store_answers(project: Project, file: Path, fmt: str, plan: Any) -> None:
-    """Write one import's answers: training labels, val answers, the queries they close."""
-    store = project.store
-    if store.current_round() is None:
-        # Labels before any query (an existing labeled subset): open round 0.
-        store.add_round(0, "imported", 0, project.config.seed, None, None)
-    import_id = store.add_import(str(file.resolve()), _sha256(file), fmt, plan.added,
-                                 plan.changed, plan.unchanged)
-    store.upsert_labels((s, y, r, import_id) for s, y, r in plan.new)
-    store.add_val_answers((s, y, r, import_id) for s, y, r in plan.to_val)
-    store.set_gold(plan.val_changed)
-    store.mark_labeled(plan.answered_ids)
 
 
 def _sha256(path: Path) -> str:

@@ -9,15 +9,13 @@ and a killed run loses at most one batch (``--resume`` picks it up).
 Shards (``--shard i/n``) are chosen by a stable hash of each file's key, so n machines that
 list the same archive split it exactly, in any listing order, without talking to each other.
 
-Each output has a side file ``<out>.model.json`` naming the model (its SHA-256), format and
-shard that wrote it: ``--resume`` with another model would otherwise keep the old model's tags
-next to the new one's without a word, so it is refused (``--overwrite`` starts over).
+The output itself (format from its name, the ``<out>.model.json`` record of the model that
+wrote it, resuming, writing) is :mod:`alft_cli.tagout`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import io
 import json
@@ -30,7 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -45,15 +43,21 @@ from alft_cli.images import (
     scan_manifest,
 )
 from alft_cli.progress import reporter
+from alft_cli.tagout import (
+    SkipLog,
+    Writer,
+    check_model_record,
+    model_record,
+    model_record_path,
+    read_done,
+    repair_tail,
+    resolve_format,
+)
 
-FORMATS = ("csv", "jsonl")
-# What an output's name says about its format; a name saying nothing means CSV (the default).
-EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEVICES = ("auto", "cpu", "cuda")
 # Batches decoded ahead of the one being scored: enough to keep the decoders busy while the
 # model runs, few enough that memory does not depend on the archive.
 WINDOW_BATCHES = 3
-DECIMALS = 6
 
 
 @dataclass
@@ -371,192 +375,6 @@ def _decode(root: Path, key: str, size: int, channels: int
 
 
 # --------------------------------------------------------------------------------------------
-# the output
-# --------------------------------------------------------------------------------------------
-def _header(classes: list[str]) -> list[str]:
-    return ["filename", *classes, "labels"]
-
-
-def resolve_format(fmt: str | None, out: Path) -> str:
-    """The output format: ``fmt`` when given, else what ``out``'s extension says (CSV when it
-    says nothing).
-
-    Raises:
-        OptionError: unknown format; ``.json`` without ``--format``; or a format that
-            contradicts the extension (``--format csv --out tags.jsonl``).
-    """
-    suffix = out.suffix.lower()
-    implied = EXTENSION_FORMATS.get(suffix)
-    if fmt is None or str(fmt).strip() == "":
-        if suffix == ".json":
-            raise OptionError(f"--out {out}: alft writes JSON Lines (one object per line), "
-                              "not one JSON document; name it .jsonl or give --format jsonl")
-        return implied or "csv"
-    fmt = str(fmt).strip().lower()
-    if fmt not in FORMATS:
-        raise OptionError(f"--format {fmt!r}: use csv or jsonl")
-    if implied is not None and implied != fmt:
-        raise OptionError(f"--format {fmt} but --out {out} is named like {implied}; "
-                          f"give a .{'jsonl' if fmt == 'jsonl' else 'csv'} name or "
-                          f"--format {implied}")
-    return fmt
-
-
-def model_record_path(out: Path) -> Path:
-    """The side file that names the model, format and shard that wrote ``out``."""
-    return out.with_name(out.name + ".model.json")
-
-
-def _model_record(model_path: Path, sha256: str, fmt: str,
-                  shard: tuple[int, int] | None) -> dict[str, Any]:
-    return {"model": str(model_path.resolve()), "sha256": sha256, "format": fmt,
-            "shard": f"{shard[0]}/{shard[1]}" if shard else None}
-
-
-def _check_model_record(out: Path, wanted: dict[str, Any]) -> bool:
-    """Refuse resuming ``out`` with another model, format or shard than the ones that wrote it.
-
-    Returns:
-        Whether the side file was there (outputs of older alft versions have none).
-
-    Raises:
-        OptionError: the side file names another model, format or shard, or is unreadable.
-    """
-    path = model_record_path(out)
-    if not path.exists():
-        return False
-    fix = "use --overwrite to tag again from scratch, or another --out"
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict) or "sha256" not in recorded:
-            raise ValueError("no sha256")
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"{path}: unreadable record of the model that wrote {out} ({exc}); "
-                          f"{fix}") from None
-    if recorded["sha256"] != wanted["sha256"]:
-        raise OptionError(
-            f"{out} was written by another model ({Path(str(recorded.get('model'))).name}, "
-            f"sha256 {str(recorded['sha256'])[:12]}); this one is "
-            f"{Path(wanted['model']).name} (sha256 {wanted['sha256'][:12]}): resuming would "
-            f"mix their tags; {fix}")
-    if recorded.get("format", wanted["format"]) != wanted["format"]:
-        raise OptionError(f"{out} was written as {recorded['format']}, this run writes "
-                          f"{wanted['format']}; give --format {recorded['format']} or {fix}")
-    if recorded.get("shard") != wanted["shard"]:
-        raise OptionError(f"{out} was written for shard {recorded.get('shard') or 'all'}, this "
-                          f"run is shard {wanted['shard'] or 'all'}; {fix}")
-    return True
-
-
-def _repair_tail(path: Path) -> int:
-    """Cut a partial last line (a run killed mid-write); returns the bytes removed."""
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as handle:
-        end = size
-        block = 1 << 16
-        while end > 0:
-            start = max(0, end - block)
-            handle.seek(start)
-            chunk = handle.read(end - start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                keep = start + cut + 1
-                break
-            end = start
-        else:
-            keep = 0
-        if keep < size:
-            handle.truncate(keep)
-    return size - keep
-
-
-def _read_done(out: Path, fmt: str, classes: list[str]) -> set[str]:
-    """Filenames already in ``out``; checks that it was written for these classes."""
-    done: set[str] = set()
-    with open(out, encoding="utf-8", newline="") as handle:
-        if fmt == "csv":
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                return done
-            if header != _header(classes):
-                raise OptionError(f"{out}: its columns are not this model's "
-                                  f"({', '.join(header[:4])}...); use another --out")
-            for row in reader:
-                if row:
-                    done.add(row[0])
-            return done
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                name, probabilities = record["filename"], record["probabilities"]
-            except (ValueError, KeyError, TypeError):
-                raise OptionError(f"{out} line {number} is not an alft tag record; "
-                                  "use another --out") from None
-            if number == 1 and list(probabilities) != classes:
-                raise OptionError(f"{out}: written for other classes than this model's; "
-                                  "use another --out")
-            done.add(name)
-    return done
-
-
-class _Writer:
-    """Appends rows to the output; each batch is flushed, so a kill loses at most one."""
-
-    def __init__(self, handle: IO[str], fmt: str, classes: list[str],
-                 thresholds: np.ndarray, header: bool) -> None:
-        self.handle = handle
-        self.fmt = fmt
-        self.classes = classes
-        self.thresholds = thresholds
-        self.csv = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
-        if header and self.csv is not None:
-            self.csv.writerow(_header(classes))
-            handle.flush()
-
-    def write(self, keys: list[str], probabilities: np.ndarray) -> None:
-        hits = probabilities >= self.thresholds[None, :]
-        for key, p, hit in zip(keys, probabilities, hits):
-            labels = [c for c, h in zip(self.classes, hit) if h]
-            if self.csv is not None:
-                self.csv.writerow([key, *(f"{v:.{DECIMALS}f}" for v in p), ";".join(labels)])
-            else:
-                self.handle.write(json.dumps({
-                    "filename": key,
-                    "probabilities": {c: round(float(v), DECIMALS)
-                                      for c, v in zip(self.classes, p)},
-                    "labels": labels}) + "\n")
-        self.handle.flush()
-
-
-class _SkipLog:
-    """The ``<out>.skipped.csv`` side file, created at the first unusable file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self._handle: IO[str] | None = None
-        self._writer: Any = None
-
-    def add(self, key: str, reason: str) -> None:
-        if self._handle is None:
-            self._handle = open(self.path, "w", encoding="utf-8", newline="")
-            self._writer = csv.writer(self._handle, lineterminator="\n")
-            self._writer.writerow(["filename", "reason"])
-        self._writer.writerow([key, reason])
-        self._handle.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-
-
-# --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
 def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = None,
@@ -639,21 +457,21 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
         listing_skipped = [s for s in listing_skipped if in_shard(s[0], *shard_spec)]
 
     sha256 = file_sha256(model_path)
-    record = _model_record(model_path, sha256, fmt, shard_spec)
+    record = model_record(model_path, sha256, fmt, shard_spec)
     done: set[str] = set()
     new_file = True
     if overwrite:
         for path in (out, model_record_path(out)):
             path.unlink(missing_ok=True)
     if resume and out.exists():
-        if not _check_model_record(out, record):
+        if not check_model_record(out, record):
             rep.warn(f"{out} has no record of the model that wrote it (written by an older "
                      f"alft?); resuming it with {model_path.name}, assumed to be that model")
-        removed = _repair_tail(out)
+        removed = repair_tail(out)
         if removed:
             rep.warn(f"{out}: removed a partial last line ({removed} bytes) left by an "
                      "interrupted run")
-        done = _read_done(out, fmt, info.classes)
+        done = read_done(out, fmt, info.classes)
         new_file = out.stat().st_size == 0
     todo = [k for k in keys if k not in done]
     already = len(keys) - len(todo)
@@ -665,7 +483,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
     # Written before the first row: a run killed at any point leaves an output whose model
     # is known.
     atomic_write_text(model_record_path(out), json.dumps(record, indent=2) + "\n")
-    skip_log = _SkipLog(out.with_name(out.name + ".skipped.csv"))
+    skip_log = SkipLog(out.with_name(out.name + ".skipped.csv"))
     skip_log.path.unlink(missing_ok=True)  # it describes this run only
     for key, reason in listing_skipped:
         skip_log.add(key, reason)
@@ -675,7 +493,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
         with open(out, "a", encoding="utf-8", newline="") as handle, \
                 ThreadPoolExecutor(max_workers=workers) as pool, \
                 rep.task("tagging", total=len(todo)) as task:
-            writer = _Writer(handle, fmt, info.classes, info.thresholds, header=new_file)
+            writer = Writer(handle, fmt, info.classes, info.thresholds, header=new_file)
             try:
                 for processed, batch_keys, arrays in _decoded_batches(
                         pool, root, todo, batch_size, info, skip_log):
@@ -704,7 +522,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
 
 
 def _decoded_batches(pool: ThreadPoolExecutor, root: Path, keys: list[str], batch_size: int,
-                     info: ModelInfo, skip_log: _SkipLog
+                     info: ModelInfo, skip_log: SkipLog
                      ) -> Iterator[tuple[int, list[str], list[np.ndarray]]]:
     """Yield (files processed, usable keys, their arrays) per batch while the next batches
     decode in the pool.

@@ -25,7 +25,7 @@ from alft_cli.images import CONVERSIONS, RESIZE_METHOD
 from alft_cli.progress import Reporter, set_reporter
 from alft_cli.project import open_project
 from alft_cli.synthetic import generate_archive
-from alft_cli.tag import FORMATS
+from alft_cli.tagout import FORMATS
 
 
 # --------------------------------------------------------------------------------------------
