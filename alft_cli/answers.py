@@ -80,6 +80,7 @@ def plan_import(project: Project, parsed: ParsedLabels, file: Path, overwrite: b
     problems: list[str] = []
     new: list[tuple[int, str, int]] = []
     val_changed: list[tuple[int, str]] = []
+    key_of: dict[int, str] = {}
     changed = unchanged = 0
     for row in parsed.rows:
         where = f"{file.name} {row.where}"
@@ -92,6 +93,7 @@ def plan_import(project: Project, parsed: ParsedLabels, file: Path, overwrite: b
                 problems.append(f"{where}: {row.ref} is not an image of this project")
             continue
         sample = ids[key]
+        key_of[sample] = key
         y = encode_y(row.labels)
         in_val = sample in val_answers
         if splits[sample] != "pool" and not in_val:
@@ -131,16 +133,15 @@ def plan_import(project: Project, parsed: ParsedLabels, file: Path, overwrite: b
     plan = ImportPlan([n for n in new if n[0] not in for_val], added, changed, unchanged,
                       len(existing), [n for n in new if n[0] in for_val], val_changed)
     plan.train_added = sum(1 for s, _, _ in plan.new if s not in existing)
-    plan.with_suggestion, plan.as_suggested = _compare_with_suggestions(project, new)
+    plan.with_suggestion, plan.as_suggested = _compare_with_suggestions(project, new, key_of)
     return plan
 
 
-def _compare_with_suggestions(project: Project, answers: list[tuple[int, str, int]]
-                              ) -> tuple[int, int]:
+def _compare_with_suggestions(project: Project, answers: list[tuple[int, str, int]],
+                              key_of: dict[int, str]) -> tuple[int, int]:
     """(answers to images the model made a suggestion for, answers equal to it). An answer
     belongs to the round that queried its image; that round's query file holds the
     suggestions."""
-    keys = project.store.keys_by_id()
     files = {rec.round: rec.query_file for rec in project.store.rounds()
              if rec.model_round is not None and rec.query_file}
     by_round: dict[int, dict[str, np.ndarray]] = {}
@@ -151,7 +152,7 @@ def _compare_with_suggestions(project: Project, answers: list[tuple[int, str, in
         if round_ not in by_round:
             by_round[round_] = read_suggestions(project.resolve(files[round_]),
                                                 project.classes)
-        p = by_round[round_].get(keys[sample])
+        p = by_round[round_].get(key_of[sample])
         if p is None:
             continue
         compared += 1
