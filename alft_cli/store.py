@@ -332,10 +332,6 @@ class Store:
             "ON CONFLICT(sample_id) DO UPDATE SET y=excluded.y, import_id=excluded.import_id",
             items)
 
-    def has_table(self, name: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                                 (name,)).fetchone() is not None
-
     # -- answers routed to validation --------------------------------------------------------
     def val_answers(self) -> dict[int, str]:
         """sample id -> answer of the images routed to the val split (none in older stores)."""
