@@ -261,13 +261,22 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # status
 # --------------------------------------------------------------------------------------------
-def status(project_dir: Path | str) -> dict[str, Any]:
+def status(project_dir: Path | str, *, stop_kappa: float | None = None,
+           stop_window: int | None = None) -> dict[str, Any]:
     """A JSON-ready summary of the project (never blocks on a writer); see
-    :func:`alft_cli.summary.summarize` for its keys."""
+    :func:`alft_cli.summary.summarize` for its keys. ``stop_kappa`` / ``stop_window``: the
+    stop rule (default: kappa >= 0.99 averaged over 3 rounds, as Bloodgood & Vijay-Shanker)."""
+    from alft_cli import stopping
     from alft_cli.summary import summarize
 
+    kappa = stopping.DEFAULT_KAPPA if stop_kappa is None else float(stop_kappa)
+    window = stopping.DEFAULT_WINDOW if stop_window is None else int(stop_window)
+    if not 0 < kappa <= 1:
+        raise OptionError(f"--stop-kappa {kappa:g}: must be in (0, 1]")
+    if window < 1:
+        raise OptionError(f"--stop-window {window}: must be at least 1")
     with _reading(project_dir) as project:
-        return summarize(project)
+        return summarize(project, stop_kappa=kappa, stop_window=window)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +367,8 @@ class FinetuneResult:
     interrupted: bool
     device: str
     suggestions: dict[str, Any] | None = None
+    # Agreement with the previous round on the stop set (alft_cli.stopping), or None.
+    stability: dict[str, Any] | None = None
 
 
 def finetune(project_dir: Path | str, *, restart: bool = False,
@@ -370,8 +381,11 @@ def finetune(project_dir: Path | str, *, restart: bool = False,
     discarded silently: ``resume`` continues it, ``restart`` starts over; neither is refused.
     The result carries the evidence of the last answered suggestions
     (:mod:`alft_cli.evidence`), the one measure a project without gold labels has.
+    The model then predicts the project's stop set (drawn at the first fine-tuning), and the
+    agreement with the previous round's predictions is stored for the stop signal
+    (:mod:`alft_cli.stopping`, ``alft status``).
     """
-    from alft_cli import distributed
+    from alft_cli import distributed, stopping
     from alft_cli import finetune as ft
     from alft_cli.config import FinetuneConfig, validated
     from alft_cli.data import CachedImages, resolve_device
@@ -419,6 +433,12 @@ def finetune(project_dir: Path | str, *, restart: bool = False,
         metrics = ft.evaluate(model, cache, eval_sets, project.classes, device,
                               cfg.eval_batch_size)
         metrics["train_loss"] = outcome.final_loss
+        # The stop signal: the same evaluation pass over the fixed stop set, compared with
+        # the previous round's stored predictions (no pass at query time).
+        stop = stopping.prepare_round(
+            store, round_, project.config.seed, len(project.classes),
+            lambda stop_ids: ft.predict(model, cache, stop_ids, device, cfg.eval_batch_size,
+                                        "predicting the stop set"))
         model_file = round_dir / ft.MODEL_FILE
         train_config = {**cfg.model_dump(), "init_used": init_used, "backbone": backbone}
         ft.save_model(model, model_file, {
@@ -431,11 +451,14 @@ def finetune(project_dir: Path | str, *, restart: bool = False,
         with store.transaction():
             store.set_round_model(round_, project.relative(model_file), int(len(ids)),
                                   metrics, train_config)
+            if stop is not None:
+                stop.save(store)
         (round_dir / ft.FINETUNE_CHECKPOINT).unlink(missing_ok=True)
         evidence = last_answered_suggestions(project, minimum=1)
         return FinetuneResult(round_, len(ids), init_used, backbone, model_file, metrics,
                               outcome.seconds, False, str(device),
-                              evidence.as_dict() if evidence else None)
+                              evidence.as_dict() if evidence else None,
+                              stop.stability if stop is not None else None)
 
 
 def _check_interrupted(project: Project, round_: int, resume: bool, restart: bool) -> None:

@@ -192,17 +192,25 @@ def import_labels(
 def status(
     project: ProjectOpt,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    stop_kappa: Annotated[float, typer.Option(
+        help="Stop rule: recommend stopping once the stop-set kappa between consecutive "
+             "rounds, averaged over --stop-window rounds, reaches this (paper: 0.99).")
+    ] = 0.99,
+    stop_window: Annotated[int, typer.Option(
+        help="Stop rule: number of consecutive round-to-round agreements (paper: 3).")] = 3,
 ) -> None:
-    """Show the project's splits, labels, rounds and metrics (read-only, never blocks).
+    """Show the project's splits, labels, rounds and metrics, and whether to stop labeling
+    (read-only, never blocks).
 
     \b
     Examples:
       alft status -p proj
       alft status -p proj --json | jq .rounds
+      alft status -p proj --json | jq .stop
     """
     from alft_cli import api
 
-    info = api.status(project)
+    info = api.status(project, stop_kappa=stop_kappa, stop_window=stop_window)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
@@ -230,13 +238,22 @@ def _print_status(info: dict) -> None:
     if info["rounds"]:
         table = Table(show_edge=False)
         for col in ("round", "strategy", "labeled", "pending", "val micro/macro F1",
-                    "test micro/macro F1"):
+                    "test micro/macro F1", "stop-set kappa / changed"):
             table.add_column(col)
         for r in info["rounds"]:
             m = r["metrics"] or {}
             table.add_row(str(r["round"]), r["strategy"], str(r["labeled"]), str(r["pending"]),
-                          _f1s(m.get("val")), _f1s(m.get("test")))
+                          _f1s(m.get("val")), _f1s(m.get("test")),
+                          _stability(r.get("stability")))
         out.print(table)
+    for split, names in (info.get("classes_without_positives") or {}).items():
+        if names:
+            out.print(f"note: the {split} split has no image of {', '.join(names)}: macro F1 "
+                      "counts each as F1 0 (scikit-learn), mAP leaves it out")
+    stop = info.get("stop")
+    if stop:
+        out.print(("[bold]stop labeling?[/bold] yes: " if stop["recommended"]
+                   else "stop labeling? not yet: ") + stop["reason"])
     out.print(f"next: {info['next']}")
 
 
@@ -244,6 +261,14 @@ def _suggestion_evidence(e: dict) -> str:
     return (f"suggestions: round {e['model_round']}'s model suggested for the "
             f"{e['answered']} answered images of round {e['round']}'s query: micro F1 "
             f"{e['micro_f1']:.3f}, {e['exact']} exactly as answered")
+
+
+def _stability(s: dict | None) -> str:
+    if not s:
+        return "-"
+    kappa = "undefined" if s["kappa"] is None else f"{s['kappa']:.3f}"
+    changed = "-" if s["changed"] is None else f"{100 * s['changed']:.1f}%"
+    return f"{kappa} / {changed} (n={s['n']})"
 
 
 def _f1s(m: dict | None) -> str:
@@ -364,6 +389,9 @@ def finetune(
                       f"  mAP {m['mAP']:.4f}  (n={m['n']})")
     if r.suggestions:
         out.print(f"  {_suggestion_evidence(r.suggestions)}")
+    if r.stability is not None:
+        out.print(f"  stop set vs round {r.stability['compared_with']}: kappa / label sets "
+                  f"changed {_stability(r.stability)}; alft status says when to stop")
 
 
 @app.command("query")

@@ -222,12 +222,22 @@ def evaluate(model: Classifier, cache: CachedImages, sets: dict[str, tuple[np.nd
     for split, (ids, y) in sets.items():
         if len(ids) == 0:
             continue
-        _, p = infer(model, cache, ids, device, batch_size, features=False,
-                     description=f"evaluating on {split}")
+        p = predict(model, cache, ids, device, batch_size, f"evaluating on {split}")
         if p is None:  # non-main DDP rank
             continue
         results[split] = multilabel_metrics(y, p, classes, threshold=thresholds)
     return results
+
+
+def predict(model: Classifier, cache: CachedImages, ids: np.ndarray, device: torch.device,
+            batch_size: int = 64, description: str = "predicting") -> np.ndarray | None:
+    """Sigmoid probabilities (N, C) of ``ids``: the evaluation pass (also the stop set's).
+
+    None on a non-main DDP rank.
+    """
+    _, p = infer(model, cache, ids, device, batch_size, features=False,
+                 description=description)
+    return p
 
 
 def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:

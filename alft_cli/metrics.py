@@ -135,6 +135,28 @@ def multilabel_metrics(
     }
 
 
+def classes_without_positives(y_true: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The classes that no sample of ``y_true`` has.
+
+    Macro F1 (scikit-learn's definition, kept here) counts each of them as F1 0, while mAP
+    leaves them out; ``alft status`` and ``alft report`` name them so that a low macro F1 on a
+    small split is not mistaken for a bad model.
+
+    Args:
+        y_true: (N, C) 0/1 ground truth of one split.
+        classes: the C class names.
+
+    Returns:
+        Their names, in class order (empty for an empty split: nothing is evaluated there).
+    """
+    y = np.asarray(y_true)
+    if y.ndim != 2 or y.shape[0] == 0:
+        return []
+    if y.shape[1] != len(classes):
+        raise ValueError(f"{len(classes)} class names for {y.shape[1]} columns")
+    return [str(c) for c, n in zip(classes, y.sum(axis=0), strict=True) if n == 0]
+
+
 def best_f1_thresholds(y_true: np.ndarray, y_score: np.ndarray, default: float = 0.5) -> np.ndarray:
     """Per-class threshold that maximises that class's F1 (calibration on a validation set).
 

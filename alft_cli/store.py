@@ -6,7 +6,8 @@ stored as one string of ``0``/``1`` per sample in project class order, with the 
 added them. Gold labels (``--labels`` at init-pool) live in their own table and only for val
 and test samples: pool labels arrive only through ``import-labels``. Where a query was pushed to
 a Label Studio server, ``ls_links`` and ``ls_tasks`` record where (URL, project id) and which
-task holds each queried sample.
+task holds each queried sample. The stop set (:mod:`alft_cli.stopping`) and each round's
+packed predictions on it have their own tables.
 """
 
 from __future__ import annotations
@@ -490,6 +491,52 @@ class Store:
         self.conn.execute("UPDATE runs SET finished_at=?, status=? WHERE id=?",
                           (now_iso(), status, run_id))
 
+    # -- stop set (alft_cli.stopping): fixed pool images predicted after every fine-tuning --
+    def stop_set(self) -> np.ndarray:
+        """Sample ids of the project's stop set, sorted (empty before the first fine-tuning
+        and in projects made before alft had one)."""
+        if not self.has_table("stop_set"):
+            return np.zeros(0, dtype=np.int64)
+        rows = self.conn.execute("SELECT sample_id FROM stop_set ORDER BY sample_id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def set_stop_set(self, sample_ids: Iterable[int], info: dict[str, Any]) -> None:
+        """Record the stop set once (refuses to replace one); ``info`` (seed, size, pool) goes
+        to the meta table. Call inside a transaction."""
+        if self.conn.execute("SELECT COUNT(*) FROM stop_set").fetchone()[0]:
+            raise ProjectError("the project already has a stop set; it never changes")
+        self.conn.executemany("INSERT INTO stop_set(sample_id) VALUES (?)",
+                              ((int(s),) for s in sample_ids))
+        self.set_meta("stop_set", json.dumps(info))
+
+    def save_stop_predictions(self, round_: int, predicted: bytes, known: bytes, n: int,
+                              classes: int, stability: dict[str, Any] | None) -> None:
+        """Store (or replace, for a retrained round) a round's packed stop-set predictions,
+        the packed mask of stop-set images that were not unlabeled pool images when it was
+        trained, and its agreement with the previous round. Call inside a transaction."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO stop_predictions(round, n, classes, predicted, known, "
+            "stability) VALUES (?, ?, ?, ?, ?, ?)",
+            (round_, n, classes, predicted, known,
+             json.dumps(stability) if stability is not None else None))
+
+    def stop_predictions_before(self, round_: int) -> tuple[int, int, int, bytes, bytes] | None:
+        """(round, n, classes, predicted, known) of the latest round before ``round_`` that
+        has stop-set predictions, or None."""
+        if not self.has_table("stop_predictions"):
+            return None
+        return self.conn.execute(
+            "SELECT round, n, classes, predicted, known FROM stop_predictions WHERE round < ? "
+            "ORDER BY round DESC LIMIT 1", (round_,)).fetchone()
+
+    def stabilities(self) -> dict[int, dict[str, Any] | None]:
+        """round -> its stored agreement with the previous round (None: nothing to compare
+        with), for the rounds whose stop-set predictions are stored."""
+        if not self.has_table("stop_predictions"):
+            return {}
+        rows = self.conn.execute("SELECT round, stability FROM stop_predictions ORDER BY round")
+        return {r: _json_or_none(text) for r, text in rows}
+
 
 def _connect(path: Path, uri: str | None = None) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves so transactions are explicit.
@@ -518,6 +565,19 @@ _LATER_SCHEMA = (
         sample_id INTEGER PRIMARY KEY REFERENCES samples(id),
         round INTEGER NOT NULL,
         import_id INTEGER REFERENCES imports(id)
+    )""",
+    # The stop set (alft_cli.stopping): fixed pool images drawn at the first fine-tuning.
+    """CREATE TABLE IF NOT EXISTS stop_set (
+        sample_id INTEGER PRIMARY KEY REFERENCES samples(id)
+    )""",
+    # Each trained round's predictions on the stop set and its agreement with the previous.
+    """CREATE TABLE IF NOT EXISTS stop_predictions (
+        round INTEGER PRIMARY KEY REFERENCES rounds(round),
+        n INTEGER NOT NULL,                -- stop-set images (rows), in sample id order
+        classes INTEGER NOT NULL,
+        predicted BLOB NOT NULL,           -- packed bits of the (n, classes) predictions >= 0.5
+        known BLOB NOT NULL,               -- packed bits of (n,): labeled or out of the pool
+        stability TEXT                     -- JSON agreement with the previous round (or NULL)
     )""",
 )
 

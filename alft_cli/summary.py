@@ -1,6 +1,6 @@
 """What ``alft status`` shows: the project's splits, labels, pending queries, rounds with their
-metrics, and the suggested next command. The keys are a contract (README, "Scripting against
-alft"): extend them, never rename them.
+metrics and stop-set agreement, whether to stop labeling, and the suggested next command. The
+keys are a contract (README, "Scripting against alft"): extend them, never rename them.
 """
 
 from __future__ import annotations
@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alft_cli import __version__
+from alft_cli import __version__, stopping
 from alft_cli.evidence import last_answered_suggestions
+from alft_cli.metrics import classes_without_positives
 from alft_cli.project import Project
 
 
-def summarize(project: Project) -> dict[str, Any]:
-    """The status summary of an open project (read-only)."""
+def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
+              stop_window: int = stopping.DEFAULT_WINDOW) -> dict[str, Any]:
+    """The status summary of an open project (read-only).
+
+    ``stop_kappa`` / ``stop_window`` set the stop rule judged in ``stop``.
+    """
     store = project.store
+    stabilities = store.stabilities()
     keys = store.keys_by_id()
     label_ids, label_y = store.labeled_arrays()
     label_rounds = store.label_rounds()
@@ -35,6 +41,8 @@ def summarize(project: Project) -> dict[str, Any]:
             "model_round": rec.model_round,
             "created_at": rec.created_at,
             "trained_at": rec.trained_at,
+            # Agreement of this round's stop-set predictions with the previous round's.
+            "stability": stabilities.get(rec.round),
         })
     class_counts = (label_y.sum(0).astype(int).tolist() if len(label_ids)
                     else [0] * len(project.classes))
@@ -58,8 +66,23 @@ def summarize(project: Project) -> dict[str, Any]:
         "suggestions": evidence.as_dict() if evidence else None,
         "val_from_answers": len(store.val_answers()),
         "next": _next_step(project, len(label_ids), pending, rounds, pretrained),
+        "stop": _stop(rounds, store.get_meta("stop_set"), stop_kappa, stop_window),
+        # Macro F1 counts such a class as F1 0 (scikit-learn's zero_division=0); mAP leaves
+        # it out. Named so that nobody reads a low macro F1 as a model problem.
+        "classes_without_positives": {
+            split: classes_without_positives(store.gold(split)[1], project.classes)
+            for split in ("val", "test") if store.split_counts().get(split)},
     }
     return info
+
+
+def _stop(rounds: list[dict], stop_set: str | None, kappa: float, window: int
+          ) -> dict[str, Any]:
+    trained = [(r["round"], r["labeled"], (r["stability"] or {}).get("kappa"))
+               for r in rounds if r["model"]]
+    size = json.loads(stop_set)["size"] if stop_set else None
+    return {**stopping.recommendation(trained, kappa, window, size),
+            "kappa": kappa, "window": window}
 
 
 def _next_step(project: Project, labeled: int, pending: list, rounds: list[dict],
