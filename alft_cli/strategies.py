@@ -329,11 +329,17 @@ def class_weights(p: np.ndarray, labeled_y: np.ndarray | None = None) -> np.ndar
 def class_aware_mge_scores(
     h: np.ndarray, p: np.ndarray, labeled_y: np.ndarray | None = None
 ) -> np.ndarray:
-    """MGE with the per-class gradient terms weighted by inverse class frequency.
+    """MGE with each class's squared gradient weighted by its inverse class frequency.
 
-    ``score = sqrt(sum_c w_c (p_c - y_hat_c)^2) * ||h||``: the gradient norm of a
-    class-weighted BCE loss, so uncertainty on a rare class counts more than the same
-    uncertainty on a common one. With all ``w_c = 1`` it equals :func:`mge_scores`.
+    ``score = sqrt(sum_c w_c (p_c - y_hat_c)^2) * ||h||`` with ``w`` from
+    :func:`class_weights`, so uncertainty on a rare class counts more than the same
+    uncertainty on a common one. This is exactly the norm of the last-layer weight gradient
+    ``dL/dW`` of the BCE loss whose class ``c`` term is weighted by ``sqrt(w_c)``,
+    ``L = sum_c sqrt(w_c) BCE(z_c, y_hat_c)`` (tested against autograd): the squared score
+    ``sum_c w_c ||dBCE_c/dW_c||^2`` weights each class's squared gradient norm by ``w_c``.
+    (Weighting the loss by ``w_c`` itself would square the weights, ``sum_c w_c^2 a_c^2``, and
+    let one rare class dominate; the published comparison in docs/RESULTS.md section 3 used
+    this form.) With all ``w_c = 1`` it equals :func:`mge_scores`.
 
     Args:
         h: (N, D) penultimate features.

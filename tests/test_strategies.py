@@ -81,6 +81,31 @@ def test_mge_closed_form_equals_autograd_weight_gradient_with_pseudo_labels():
     assert not np.allclose(got, expected_with_bias, rtol=1e-6)
 
 
+def test_class_aware_mge_equals_autograd_of_the_class_weighted_bce():
+    # The documented loss: class c's BCE term weighted by sqrt(w_c), pseudo-labels.
+    torch.manual_seed(1)
+    n, d, c = 30, 9, 5
+    h = torch.randn(n, d, dtype=torch.float64)
+    w = torch.randn(c, d, dtype=torch.float64) * 0.7
+    b = torch.randn(c, dtype=torch.float64)
+    with torch.no_grad():
+        p = torch.sigmoid(h @ w.T + b)
+    labeled_y = np.array([[1, 0, 0, 1, 0], [1, 0, 1, 1, 0], [1, 0, 0, 1, 1], [0, 0, 0, 1, 0]])
+    weights = torch.from_numpy(class_weights(p.numpy(), labeled_y))
+    assert weights.std() > 0.3  # the weights really differ between classes
+    expected = np.empty(n)
+    for i in range(n):
+        w_i = w.clone().requires_grad_(True)
+        z = h[i] @ w_i.T + b
+        y_hat = (torch.sigmoid(z) >= 0.5).to(torch.float64).detach()
+        per_class = torch.nn.functional.binary_cross_entropy_with_logits(z, y_hat,
+                                                                         reduction="none")
+        (g_w,) = torch.autograd.grad((weights.sqrt() * per_class).sum(), (w_i,))
+        expected[i] = torch.linalg.norm(g_w).item()
+    got = st.class_aware_mge_scores(h.numpy(), p.numpy(), labeled_y)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=0)
+
+
 def test_mge_scores_use_pseudo_labels_not_distance_to_half():
     # p = 0.9 has pseudo-label 1, residual 0.1; p = 0.5 -> label 1, residual 0.5.
     h = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
