@@ -643,8 +643,14 @@ def report(
         help="Only these strategies, e.g. mge-clustering,random (or byol:random).")] = None,
     scenario: Annotated[str | None, typer.Option(help="Only these scenarios, e.g. 1,3.")
                         ] = None,
+    stop_kappa: Annotated[float, typer.Option(
+        help="Stop rule replayed on every run: mean stop-set kappa of consecutive rounds "
+             "(paper: 0.99).")] = 0.99,
+    stop_window: Annotated[int, typer.Option(
+        help="Stop rule: rounds the kappa is averaged over (paper: 3).")] = 3,
 ) -> None:
-    """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms.
+    """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms,
+    and where the stop rule would have ended each run (stop.csv).
 
     Several simulations (e.g. pretraining routes) compare in one report (last example).
 
@@ -657,7 +663,7 @@ def report(
 
     r = experiments.report([_named_source(s) for s in sources], out=out_dir, split=split,
                            baseline=baseline, seeds=seeds, strategies=strategies,
-                           scenarios=scenario)
+                           scenarios=scenario, stop_kappa=stop_kappa, stop_window=stop_window)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")

@@ -158,6 +158,37 @@ def test_report_files_agree_with_stored_metrics(sim):
     assert settings["max_labels"] == 14
 
 
+@pytest.mark.slow
+def test_report_stop_table_replays_the_stored_stop_set_agreements(sim, tmp_path, cli):
+    # A loose rule (window 1) so that it fires in these 3-round runs; the expected stop is
+    # recomputed here from what status says about every round.
+    out = tmp_path / "r"
+    r = cli("report", sim, "-o", out, "--stop-kappa", "0.2", "--stop-window", "1")
+    assert r.code == 0, r.stderr
+    table = list(csv.DictReader(open(out / "stop.csv")))
+    assert len(table) == 2 * 2 * 2  # scenarios x seeds x strategies (full left out)
+    fired = 0
+    for row in table:
+        info = api.status(sim / "runs" / f"s{row['scenario']}" / row["strategy"] /
+                          f"seed{row['seed']}")
+        trained = [x for x in info["rounds"] if x["metrics"]]
+        assert trained[0]["stability"] is None  # round 0 has nothing to compare with
+        kappas = [(x["stability"] or {}).get("kappa") for x in trained]
+        want = next((i for i, k in enumerate(kappas) if k is not None and k >= 0.2), None)
+        if want is None:
+            assert row["stop_labels"] == "" and row["labels_saved"] == "0"
+            continue
+        fired += 1
+        assert int(row["stop_labels"]) == trained[want]["labeled"]
+        assert int(row["labels_saved"]) == trained[-1]["labeled"] - trained[want]["labeled"]
+        assert float(row["test_micro_f1_at_stop"]) == pytest.approx(
+            trained[want]["metrics"]["test"]["micro_f1"], abs=1e-4)
+    assert "When to stop" in (out / "curves.md").read_text()
+    # The default rule (0.99 over 3 rounds) cannot fire in 3 rounds (2 comparisons).
+    default = list(csv.DictReader(open(sim / "report" / "stop.csv")))
+    assert default and all(row["stop_labels"] == "" for row in default)
+
+
 def test_time_boxed_simulation_stops_with_exit_75_and_continues(tiny_archive, tmp_path, cli):
     out = tmp_path / "boxed"
     args = ["simulate", tiny_archive.root, "--labels", tiny_archive.labels_csv, "-o", out,

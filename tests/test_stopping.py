@@ -260,3 +260,37 @@ def test_status_names_classes_without_positives_in_a_split(tmp_path, cli):
     for split, names in missing.items():
         if names:
             assert f"the {split} split has no image of {', '.join(names)}" in r.stdout
+
+
+# ------------------------------------------------------------------------- report's replay
+
+
+def test_report_replays_the_rule_per_run_and_counts_labels_saved(tmp_path):
+    from alft_cli.experiments.report import is_full, markdown, no_positive_notes
+    from alft_cli.experiments.stops import stop_markdown, stop_table
+
+    metrics = ("test_micro_f1", "test_macro_f1")
+    rows = []
+    kappas = {0: [None, 0.9, 0.995, 0.999, 0.999, 0.999],  # fires at round 4 (window 3)
+              1: [None, 0.9, 0.95, 0.97, 0.98, 0.99]}  # never
+    for seed, ks in kappas.items():
+        for rnd, k in enumerate(ks):
+            rows.append({"scenario": 1, "strategy": "random", "seed": seed, "round": rnd,
+                         "labeled": 40 + 20 * rnd, "stop_kappa": k,
+                         "test_micro_f1": 0.5 + 0.02 * rnd, "test_macro_f1": 0.3 + 0.01 * rnd,
+                         "no_positives": {"test": ["ship"] if seed == 1 else []}})
+    rows.append({"scenario": 1, "strategy": "full", "seed": 0, "round": 0, "labeled": 1050,
+                 "stop_kappa": None, "test_micro_f1": 0.7, "test_macro_f1": 0.5})
+    table = stop_table(rows, metrics, 0.99, 3, is_full)
+    assert [(e["seed"], e["stop_round"], e["stop_labels"], e["labels_saved"]) for e in table] \
+        == [(0, 4, 120, 20), (1, None, None, 0)]
+    assert table[0]["test_micro_f1_at_stop"] == pytest.approx(0.58)
+    assert table[0]["test_micro_f1_at_max"] == pytest.approx(0.60)
+    text = "\n".join(stop_markdown(table, metrics, 0.99, 3))
+    assert "| 1 | random | 0 | 120 | 58.00 / 60.00 | 34.00 / 35.00 | 20 | 0.999 |" in text
+    assert "| 1 | random | 1 | never |" in text
+    assert "| 1 | random | 1/2 | 10.0 | -2.00 | -1.00 |" in text
+    notes = no_positive_notes(rows, "test")
+    assert notes == ["seed 1: the test split has no image of ship; macro F1 counts each as "
+                     "F1 0 (scikit-learn's definition), mAP leaves it out"]
+    assert notes[0] in markdown({}, [], metrics, rows, split_notes=notes)

@@ -77,13 +77,21 @@ def simulate(archive: Path | str, labels: Path | str, out: Path | str, *,
 def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]], *,
            out: Path | str | None = None, split: str = "test", baseline: str | None = None,
            seeds: str | None = None, strategies: str | None = None,
-           scenarios: str | None = None) -> Any:
+           scenarios: str | None = None, stop_kappa: float | None = None,
+           stop_window: int | None = None) -> Any:
     """Write learning curves, tables and plots for one folder, or compare several simulation
     folders (paths, or (name, path) pairs); see :mod:`alft_cli.experiments.report`."""
+    from alft_cli import stopping
     from alft_cli.experiments.report import make_report
 
     if split not in ("test", "val"):
         raise OptionError("--split: test or val")
+    stop_kappa = stopping.DEFAULT_KAPPA if stop_kappa is None else float(stop_kappa)
+    stop_window = stopping.DEFAULT_WINDOW if stop_window is None else int(stop_window)
+    if not 0 < stop_kappa <= 1:
+        raise OptionError(f"--stop-kappa {stop_kappa:g}: must be in (0, 1]")
+    if stop_window < 1:
+        raise OptionError(f"--stop-window {stop_window}: must be at least 1")
     items = source if isinstance(source, list) else [source]
     sources = [(item[0], Path(item[1])) if isinstance(item, tuple) else Path(item)
                for item in items]
@@ -92,5 +100,6 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
                        seeds=_int_list(seeds, "--seeds") if seeds else None,
                        strategies=[x.strip() for x in strategies.split(",") if x.strip()]
                        if strategies else None,
-                       scenarios=_int_list(scenarios, "--scenario") if scenarios else None)
+                       scenarios=_int_list(scenarios, "--scenario") if scenarios else None,
+                       stop_kappa=stop_kappa, stop_window=stop_window)
 

@@ -8,7 +8,14 @@
   split, same initial set), mean and 95% paired-t interval per budget;
 - ``curves_s<k>.png``, ``paired_s<k>.png``, ``classes_s<k>.png``: the plots (matplotlib);
 - ``class_hist.csv``: per-round class histogram of the labeled set (mean over seeds), to show
-  which classes a strategy picks.
+  which classes a strategy picks;
+- ``stop.csv`` (and in ``curves.md``, marked on ``curves_s<k>.png``): where the stop rule
+  (stabilizing predictions on the stop set, :mod:`alft_cli.stopping`) would have ended each
+  run, F1 there vs at the maximum budget, and the labels saved; ``stability_s<k>.png``: the
+  stop-set kappa between consecutive rounds vs labels.
+
+``curves.md`` also names the classes that a seed's evaluation split has no image of: macro F1
+counts each as F1 0 (scikit-learn's definition), mAP leaves it out.
 
 Several simulation folders can be compared in one report (e.g. pretraining routes under the
 same AL protocol): strategies are then named ``<source>:<strategy>`` and the paired baseline is
@@ -30,7 +37,9 @@ import numpy as np
 from alft_cli.atomic import atomic_open, atomic_write_text
 from alft_cli.errors import OptionError
 from alft_cli.experiments.simulate import collect, write_rows_csv
+from alft_cli.experiments.stops import stop_markdown, stop_table, write_stop_csv
 from alft_cli.labels.base import csv_text
+from alft_cli.stopping import DEFAULT_KAPPA, DEFAULT_WINDOW
 
 METRICS = ("test_micro_f1", "test_macro_f1")
 # What pairs runs of different simulations seed by seed (see simulate._create_run).
@@ -48,11 +57,12 @@ class ReportResult:
 def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | None = None,
                 split: str = "test", baseline: str | None = None,
                 seeds: list[int] | None = None, strategies: list[str] | None = None,
-                scenarios: list[int] | None = None) -> ReportResult:
+                scenarios: list[int] | None = None, stop_kappa: float = DEFAULT_KAPPA,
+                stop_window: int = DEFAULT_WINDOW) -> ReportResult:
     """Write curves, tables and plots for a simulation or project folder, or compare several
     simulation folders (a list of paths or of (name, path)). ``seeds`` / ``strategies`` /
     ``scenarios`` keep only those runs (a strategy matches with or without its ``<source>:``
-    prefix)."""
+    prefix). ``stop_kappa`` / ``stop_window``: the stop rule replayed on every run."""
     sources = _named_sources(source)
     if len(sources) > 1 and out is None:
         raise OptionError("comparing several folders: give --out DIR for the report")
@@ -93,10 +103,14 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
     files += _write_curves_csv(curves, metrics, out / "curves.csv")
     files += _write_paired_csv(paired, out / "paired.csv")
     files += _write_class_hist(rows, out / "class_hist.csv")
+    stops = stop_table(rows, metrics, stop_kappa, stop_window, is_full)
+    files += write_stop_csv(stops, out / "stop.csv")
     files.append(out / "curves.md")
-    atomic_write_text(out / "curves.md", markdown(curves, paired, metrics, rows, baseline,
-                                                  notes))
-    files += _plots(curves, paired, rows, metrics, out, baseline)
+    atomic_write_text(out / "curves.md", markdown(
+        curves, paired, metrics, rows, baseline, notes,
+        extra=stop_markdown(stops, metrics, stop_kappa, stop_window),
+        split_notes=no_positive_notes(rows, split)))
+    files += _plots(curves, paired, rows, metrics, out, baseline, stops, stop_kappa)
     runs = len({(r["scenario"], r["strategy"], r["seed"]) for r in rows})
     return ReportResult(out, files, runs, len(rows))
 
@@ -240,13 +254,27 @@ def _write_class_hist(rows: list[dict[str, Any]], path: Path) -> list[Path]:
     return [path]
 
 
+def no_positive_notes(rows: list[dict[str, Any]], split: str) -> list[str]:
+    """One line per seed whose ``split`` has classes without a positive (named)."""
+    missing: dict[int, set[str]] = defaultdict(set)
+    for r in rows:
+        missing[r["seed"]].update((r.get("no_positives") or {}).get(split, []))
+    return [f"seed {seed}: the {split} split has no image of {', '.join(sorted(names))}; "
+            "macro F1 counts each as F1 0 (scikit-learn's definition), mAP leaves it out"
+            for seed, names in sorted(missing.items()) if names]
+
+
 def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...],
              rows: list[dict[str, Any]], baseline: str = "random",
-             notes: list[str] | None = None) -> str:
-    """Mean +- std per budget (one column per strategy), then the paired differences."""
+             notes: list[str] | None = None, extra: list[str] | None = None,
+             split_notes: list[str] | None = None) -> str:
+    """Mean +- std per budget (one column per strategy), then the paired differences, then
+    ``extra`` lines (the stop-rule section)."""
     lines = ["# Learning curves", ""]
     if notes:
         lines += ["Compared simulations differ in:", ""] + [f"- {n}" for n in notes] + [""]
+    if split_notes:
+        lines += ["Classes without positives:", ""] + [f"- {n}" for n in split_notes] + [""]
     split = metrics[0].split("_")[0]
     for scenario in sorted({s for s, _ in curves}):
         strategies = sorted(st for s, st in curves if s == scenario)
@@ -277,7 +305,7 @@ def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...
                 lines.append(f"| {p['strategy']} | {p['labeled']} | {p['n']} | "
                              + " | ".join(_diff_cell(p, m) for m in metrics) + " |")
             lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + list(extra or [])) + "\n"
 
 
 def _diff_cell(p: dict[str, Any], m: str) -> str:
@@ -288,7 +316,9 @@ def _diff_cell(p: dict[str, Any], m: str) -> str:
 
 
 def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]],
-           metrics: tuple[str, ...], out: Path, baseline: str = "random") -> list[Path]:
+           metrics: tuple[str, ...], out: Path, baseline: str = "random",
+           stops: list[dict[str, Any]] | None = None,
+           stop_kappa: float = DEFAULT_KAPPA) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,13 +339,15 @@ def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]
                                label=f"{strategy.replace('full', 'full supervision')} "
                                      f"({x[-1]} labels)")
                     continue
-                ax.plot(x, y, marker="o", label=strategy)
+                (line,) = ax.plot(x, y, marker="o", label=strategy)
                 ax.fill_between(x, y - e, y + e, alpha=0.2)
+                _mark_stops(ax, stops, scenario, strategy, m, line.get_color())
             ax.set_xlabel("labeled images")
             ax.set_ylabel(m.replace("_", " "))
             ax.grid(alpha=0.3)
         axes[0].legend()
-        fig.suptitle(f"scenario {scenario}: mean +- std over seeds")
+        fig.suptitle(f"scenario {scenario}: mean +- std over seeds; v = where the stop rule "
+                     "ended a run (its F1 there)")
         fig.tight_layout()
         files.append(_save(fig, out / f"curves_s{scenario}.png"))
         plt.close(fig)
@@ -341,7 +373,55 @@ def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]
             files.append(_save(fig, out / f"paired_s{scenario}.png"))
             plt.close(fig)
         files += _class_plot(rows, scenario, out, plt)
+        files += _stability_plot(rows, scenario, out, plt, stop_kappa)
     return files
+
+
+def _mark_stops(ax: Any, stops: list[dict[str, Any]] | None, scenario: int, strategy: str,
+                m: str, color: str) -> None:
+    """One marker per run of (scenario, strategy) where the stop rule fired."""
+    mine = [e for e in stops or [] if e["scenario"] == scenario and e["strategy"] == strategy
+            and e["stop_labels"] is not None and e.get(f"{m}_at_stop") is not None]
+    if mine:
+        ax.scatter([e["stop_labels"] for e in mine], [e[f"{m}_at_stop"] for e in mine],
+                   marker="v", s=70, color=color, edgecolors="black", zorder=5)
+
+
+def _stability_plot(rows: list[dict[str, Any]], scenario: int, out: Path, plt: Any,
+                    stop_kappa: float) -> list[Path]:
+    """Stop-set kappa between consecutive rounds vs labels: each run thin, the mean thick."""
+    mine = [r for r in rows if r["scenario"] == scenario and not is_full(r["strategy"])
+            and r.get("stop_kappa") is not None]
+    if not mine:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, strategy in enumerate(sorted({r["strategy"] for r in mine})):
+        color = f"C{i}"
+        runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in mine:
+            if r["strategy"] == strategy:
+                runs[r["seed"]].append(r)
+        for items in runs.values():
+            items.sort(key=lambda r: r["labeled"])
+            ax.plot([r["labeled"] for r in items], [r["stop_kappa"] for r in items],
+                    color=color, alpha=0.3, linewidth=1)
+        by_labels: dict[int, list[float]] = defaultdict(list)
+        for r in mine:
+            if r["strategy"] == strategy:
+                by_labels[r["labeled"]].append(r["stop_kappa"])
+        x = sorted(by_labels)
+        ax.plot(x, [float(np.mean(by_labels[b])) for b in x], color=color, marker="o",
+                label=strategy)
+    ax.axhline(stop_kappa, linestyle="--", color="grey", label=f"threshold {stop_kappa:g}")
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel("stop-set kappa vs previous round")
+    ax.set_title(f"scenario {scenario}: agreement of consecutive rounds (runs thin, mean thick)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = _save(fig, out / f"stability_s{scenario}.png")
+    plt.close(fig)
+    return [path]
 
 
 def _class_plot(rows: list[dict[str, Any]], scenario: int, out: Path, plt: Any) -> list[Path]:

@@ -383,12 +383,20 @@ def collect(out: Path) -> list[dict[str, Any]]:
             if not r["metrics"]:
                 continue
             row = {**ident, "round": r["round"], "labeled": r["labeled"]}
+            no_positives = {}
             for split in ("val", "test"):
                 m = r["metrics"].get(split)
                 if m:
                     row.update({f"{split}_micro_f1": m["micro_f1"],
                                 f"{split}_macro_f1": m["macro_f1"], f"{split}_mAP": m["mAP"]})
+                    no_positives[split] = [c for c, v in m.get("per_class", {}).items()
+                                           if v.get("support") == 0]
+            # Agreement with the previous round on the stop set (alft_cli.stopping).
+            stability = r.get("stability") or {}
+            row["stop_kappa"] = stability.get("kappa")
+            row["stop_changed"] = stability.get("changed")
             row["class_counts"] = _counts_up_to(label_rounds, r["round"], info["classes"])
+            row["no_positives"] = no_positives
             rows.append(row)
     return rows
 
@@ -415,13 +423,14 @@ def _counts_up_to(label_rounds: list[tuple[int, np.ndarray]], round_: int,
 
 
 def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """The collected rows as CSV (class counts flattened into count_<class> columns)."""
+    """The collected rows as CSV (class counts flattened into count_<class> columns; the
+    classes without positives per split are in the report's notes instead)."""
     if not rows:
         atomic_write_text(path, "")
         return
     flat = []
     for row in rows:
-        base = {k: v for k, v in row.items() if k != "class_counts"}
+        base = {k: v for k, v in row.items() if k not in ("class_counts", "no_positives")}
         base.update({f"count_{c}": n for c, n in row["class_counts"].items()})
         flat.append(base)
     header = list(dict.fromkeys(k for row in flat for k in row))
