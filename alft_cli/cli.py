@@ -344,7 +344,8 @@ def finetune(
     lr: Annotated[float, typer.Option(help="SGD learning rate (paper: 0.025).")] = 0.025,
     lr_step: Annotated[int, typer.Option(help="Epoch after which lr is x0.1 (paper: 80; "
                                          "0 = never).")] = 80,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    momentum: Annotated[float, typer.Option(
+        help="SGD momentum (0.9; not given in the paper, see docs/RESULTS.md).")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 0.0,
     init: Annotated[str, typer.Option(help="previous (warm start from the last round's "
                                       "model; first round: pretrained) | pretrained | scratch")
@@ -575,6 +576,9 @@ def simulate(
                                    ] = 10,
     finetune_lr: Annotated[float, typer.Option(help="SGD lr (paper: 0.025).")] = 0.025,
     lr_step: Annotated[int, typer.Option(help="lr x0.1 after this epoch (paper: 80).")] = 80,
+    finetune_momentum: Annotated[float | None, typer.Option(
+        help="SGD momentum of fine-tuning (default 0.9; the paper does not give one).")
+    ] = None,
     freeze_backbone: Annotated[bool, typer.Option(help="Fine-tune the head only (fast).")
                                ] = False,
     candidates: Annotated[int | None, typer.Option(help="m for mge-clustering.")] = None,
@@ -609,7 +613,7 @@ def simulate(
             init_weights=str(init_weights.resolve()) if init_weights else None),
         finetune={"epochs": finetune_epochs, "batch_size": finetune_batch_size,
                   "lr": finetune_lr, "lr_step": lr_step, "freeze_backbone": freeze_backbone,
-                  "backbone": backbone})
+                  "backbone": backbone, "momentum": finetune_momentum})
     out.print(f"simulation {r.out}: {r.finished}/{len(r.runs)} runs finished")
     if r.report is not None:
         out.print(f"report: {r.report}/curves.md (plots and CSVs beside it)")

@@ -2,7 +2,8 @@
 (Moellenbrok & Demir, IGARSS 2023, section 2.2).
 
 Defaults are the paper's: SGD lr 0.025, batch 10, 100 epochs, lr x0.1 after epoch 80, random
-horizontal flip and rotation by multiples of 90 degrees. ``freeze_backbone`` trains only the
+horizontal flip and rotation by multiples of 90 degrees (SGD momentum 0.9 is alft's: the paper
+gives none; see the deviations in docs/RESULTS.md). ``freeze_backbone`` trains only the
 head on features computed once (a fast mode for CPU users). Checkpoints every N epochs make
 ``--resume`` continue exactly.
 

@@ -343,7 +343,11 @@ def test_status_json_contract(project, cli):
     assert info["splits"] == {"pool": 30, "val": 15, "test": 15}
     assert info["labeled"] == 0 and len(info["pending"]) == 10
     assert info["rounds"][0]["round"] == 0 and info["rounds"][0]["strategy"] == "random"
-    assert set(info["rounds"][0]) >= {"round", "labeled", "strategy", "metrics"}
+    assert set(info["rounds"][0]) >= {"round", "labeled", "strategy", "metrics", "stability"}
+    # Issue 15: the stop signal and the classes a split has no image of.
+    assert info["rounds"][0]["stability"] is None
+    assert info["stop"]["recommended"] is False and isinstance(info["stop"]["reason"], str)
+    assert set(info["classes_without_positives"]) == {"val", "test"}
 
 
 def test_missing_project_is_one_line_error(tmp_path, cli):
