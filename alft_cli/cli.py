@@ -238,7 +238,7 @@ def _print_status(info: dict) -> None:
     if info["rounds"]:
         table = Table(show_edge=False)
         for col in ("round", "strategy", "labeled", "pending", "val micro/macro F1",
-                    "test micro/macro F1", "stop-set kappa / changed"):
+                    "test micro/macro F1", "stop kappa / changed"):
             table.add_column(col)
         for r in info["rounds"]:
             m = r["metrics"] or {}
@@ -267,8 +267,8 @@ def _stability(s: dict | None) -> str:
     if not s:
         return "-"
     kappa = "undefined" if s["kappa"] is None else f"{s['kappa']:.3f}"
-    changed = "-" if s["changed"] is None else f"{100 * s['changed']:.1f}%"
-    return f"{kappa} / {changed} (n={s['n']})"
+    changed = "-" if s["changed"] is None else f"{100 * s['changed']:.0f}%"
+    return f"{kappa} / {changed}"
 
 
 def _f1s(m: dict | None) -> str:
@@ -392,7 +392,8 @@ def finetune(
         out.print(f"  {_suggestion_evidence(r.suggestions)}")
     if r.stability is not None:
         out.print(f"  stop set vs round {r.stability['compared_with']}: kappa / label sets "
-                  f"changed {_stability(r.stability)}; alft status says when to stop")
+                  f"changed {_stability(r.stability)} of {r.stability['n']} images; alft "
+                  "status says when to stop")
 
 
 @app.command("query")
