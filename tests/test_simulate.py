@@ -205,9 +205,16 @@ def test_time_boxed_simulation_stops_with_exit_75_and_continues(tiny_archive, tm
     assert r.code == 0, r.stderr
     info = api.status(out / "runs" / "s1" / "random" / "seed0")
     assert [x["labeled"] for x in info["rounds"]] == [6, 10]
-    # Different settings in the same folder are refused instead of mixing results.
+    # Different settings in the same folder are refused instead of mixing results...
+    r = cli(*[a if a != "4" else "3" for a in args])
+    assert r.code == 1 and "other settings (budget)" in r.stderr
+    r = cli(*[a if a != "10" else "8" for a in args])
+    assert r.code == 1 and "max_labels (it may only grow)" in r.stderr
+    # ...but a bigger budget continues every run to it.
     r = cli(*[a if a != "10" else "14" for a in args])
-    assert r.code == 1 and "other settings" in r.stderr
+    assert r.code == 0, r.stderr
+    info = api.status(out / "runs" / "s1" / "random" / "seed0")
+    assert [x["labeled"] for x in info["rounds"]] == [6, 10, 14]
 
 
 @pytest.mark.slow

@@ -352,10 +352,13 @@ def _save_or_check_settings(out: Path, s: SimulationSettings) -> None:
     mine = json.loads(json.dumps(s.__dict__))
     if path.exists():
         saved = json.loads(path.read_text())
-        # Strategies, seeds and scenarios may grow; what defines a run may not change.
+        # Strategies, seeds and scenarios may grow, and so may the budget (every run then
+        # continues to the new maximum); what defines a run may not change.
         fixed = [k for k in mine if k not in ("strategies", "seeds", "scenarios",
-                                               "full_supervision", "device")]
+                                               "full_supervision", "device", "max_labels")]
         diff = [k for k in fixed if saved.get(k) != mine.get(k)]
+        if mine["max_labels"] < saved.get("max_labels", mine["max_labels"]):
+            diff.append("max_labels (it may only grow)")
         if diff:
             raise OptionError(f"{out} holds a simulation with other settings ({', '.join(diff)})"
                               "; use a new --out folder")
