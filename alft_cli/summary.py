@@ -48,6 +48,7 @@ def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
                     else [0] * len(project.classes))
     pretrained = store.get_meta("pretrained")
     evidence = last_answered_suggestions(project, minimum=1)
+    splits = store.split_counts()
     info = {
         "project": str(project.root),
         "alft_version": __version__,
@@ -55,7 +56,7 @@ def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
         "archive_found": project.archive.is_dir(),
         "classes": project.classes,
         "image_size": project.config.image_size,
-        "splits": store.split_counts(),
+        "splits": splits,
         "labeled": len(label_ids),
         "pending": [keys[s] for _, s in pending],
         "skipped": len(store.skipped()),
@@ -71,7 +72,7 @@ def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
         # it out. Named so that nobody reads a low macro F1 as a model problem.
         "classes_without_positives": {
             split: classes_without_positives(store.gold(split)[1], project.classes)
-            for split in ("val", "test") if store.split_counts().get(split)},
+            for split in ("val", "test") if splits.get(split)},
     }
     return info
 
