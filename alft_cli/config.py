@@ -18,8 +18,44 @@ from alft_cli.errors import OptionError, ProjectError
 # Bumped whenever the store or config layout changes incompatibly; older alft versions
 # refuse newer projects instead of misreading them.
 SCHEMA_VERSION = 1
+# config.json only: version 2 added ``raster`` (multi-band archives). Projects without it are
+# still written as version 1, which every alft reads.
+RASTER_SCHEMA_VERSION = 2
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: What init-pool and tag list: the images above plus JPEG 2000 (read with rasterio).
+ARCHIVE_EXTENSIONS = IMAGE_EXTENSIONS + (".jp2",)
+
+
+class RasterConfig(BaseModel):
+    """How a multi-band (rasterio) archive is read and scaled; fixed at init-pool.
+
+    See :mod:`alft_cli.rasters` for the exact rule each field stands for.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layout: str = Field(pattern="^(file|band-folder)$")
+    band_names: list[str] = Field(min_length=1, description="all bands, archive order")
+    bands: list[str] = Field(min_length=1, max_length=64, description="selected, model order")
+    band_indexes: list[int] = Field(description="1-based position of each selected band")
+    count: int = Field(ge=1, description="bands per file (file layout); bands (band-folder)")
+    dtype: str
+    nodata: float | None = Field(default=None, description="--nodata; None: each file's own")
+    scale: str = Field(pattern="^(reflectance|percentile|none)$")
+    scale_lo: list[float]
+    scale_hi: list[float]
+    resampling: str = "bilinear"
+    percentile_samples: int = 0
+
+    @field_validator("scale_hi")
+    @classmethod
+    def _ranges(cls, value: list[float], info: object) -> list[float]:
+        lo = info.data.get("scale_lo")  # type: ignore[attr-defined]
+        if lo is not None and (len(lo) != len(value) or any(h <= low for low, h in
+                                                             zip(lo, value))):
+            raise ValueError("scale_hi must be above scale_lo for every band")
+        return value
 
 
 class ProjectConfig(BaseModel):
@@ -42,6 +78,7 @@ class ProjectConfig(BaseModel):
     mean: list[float]
     std: list[float]
     created_at: str
+    raster: RasterConfig | None = None
 
     @field_validator("classes")
     @classmethod
@@ -65,11 +102,11 @@ class ProjectConfig(BaseModel):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProjectError(f"{path}: unreadable project config ({exc})") from exc
         version = raw.get("schema_version") if isinstance(raw, dict) else None
-        if isinstance(version, int) and version > SCHEMA_VERSION:
+        if isinstance(version, int) and version > RASTER_SCHEMA_VERSION:
             raise ProjectError(
                 f"{path.parent} was written by a newer alft ({raw.get('alft_version', '?')}, "
-                f"schema {version}); this alft {__version__} reads schema <= {SCHEMA_VERSION}. "
-                "Upgrade alft."
+                f"schema {version}); this alft {__version__} reads schema <= "
+                f"{RASTER_SCHEMA_VERSION}. Upgrade alft."
             )
         try:
             return cls.model_validate(raw)

@@ -19,7 +19,8 @@ from alft_cli.images import open_cache
 
 
 class CachedImages:
-    """Read-only view of ``cache/images.npy`` (N, C, S, S) uint8."""
+    """Read-only view of ``cache/images.npy`` (N, C, S, S): uint8, or float16 for archives
+    read with rasterio (scaled 0..255 values); consumers cast batches with ``.float()``."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -34,11 +35,11 @@ class CachedImages:
         return int(self.array.shape[1])
 
     def read(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` as one contiguous (B, C, S, S) uint8 array."""
+        """Rows ``ids`` as one contiguous (B, C, S, S) array of the cache's dtype."""
         ids = np.asarray(ids, dtype=np.int64)
         # Sorted reads walk the file forward (page-cache friendly); restore the order after.
         order = np.argsort(ids, kind="stable")
-        out = np.empty((len(ids),) + self.array.shape[1:], dtype=np.uint8)
+        out = np.empty((len(ids),) + self.array.shape[1:], dtype=self.array.dtype)
         out[order] = self.array[ids[order]]
         return out
 

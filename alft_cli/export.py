@@ -19,9 +19,7 @@ Example (plain onnxruntime, no alft needed)::
     classes = json.loads(meta["classes"])
     thresholds = json.loads(meta["thresholds"])
     size = int(meta["input_size"])
-    with Image.open(IMAGE_PATH) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))  # alft lets libjpeg shrink large JPEGs too
+    with Image.open(IMAGE_PATH) as img:  # decoded at full resolution, as alft does
         rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)[None]  # (1, 3, S, S), 0..255
     probabilities = sess.run(["probabilities"], {meta["input_name"]: x})[0][0]

@@ -1,19 +1,27 @@
-"""Decode archive images into fixed-size uint8 arrays, and the project's decoded-image cache.
+"""Decode archive images into fixed-size arrays, and the project's decoded-image cache.
 
-One function, :func:`load_image`, turns any supported file into an ``(S, S, C)`` uint8 array;
-training, query scoring, export parity checks and ``alft tag`` all go through it, so a model
-sees the same pixels wherever it runs. Conversions (documented in the ONNX metadata too):
+One function, :func:`load_image`, turns a JPEG, PNG or 8-bit TIFF into an ``(S, S, C)`` uint8
+array; training, query scoring, export parity checks and ``alft tag`` all go through it, so a
+model sees the same pixels wherever it runs. Multi-band and 16-bit rasters take the rasterio
+path of :mod:`alft_cli.rasters` instead, with one scaling for the whole archive. Conversions
+(documented in the ONNX metadata too, where a plain script can follow them exactly):
 
-- grayscale / palette / CMYK / RGBA -> RGB (alpha dropped; it carries no scene content);
-- 16-bit integer and float images -> 8-bit by a per-image 0.5-99.5 percentile stretch
-  (RS products use arbitrary ranges such as 0..4095 or reflectance 0..1; a fixed divisor
-  would leave most of them black);
-- resize to ``S x S`` with Pillow's bilinear filter, which antialiases when shrinking;
-  aspect ratio is not kept (scenes are near-square tiles).
+- the file is decoded at full resolution by Pillow (no reduced-scale JPEG decoding: libjpeg's
+  DCT scaling gives other pixels than the resize below, and they differ between libjpeg
+  builds, so a model deployed elsewhere would see other images than in training);
+- grayscale / palette / CMYK / RGBA -> RGB (``Image.convert("RGB")``; alpha dropped, it
+  carries no scene content);
+- 16-bit integer and float images met on this path -> 8-bit by a per-image 0.5-99.5
+  percentile stretch (archives of such images are indexed on the rasterio path, with an
+  archive-wide scaling; this covers the odd file in an 8-bit archive);
+- resize to ``S x S`` with ``Image.resize((S, S), Image.Resampling.BILINEAR)``, which
+  antialiases when shrinking; aspect ratio is not kept (scenes are near-square tiles).
 
-The cache (``cache/images.npy``) is a memory-mapped ``(N, C, S, S)`` uint8 array written once
-by ``init-pool``; epochs read it instead of re-decoding JPEG/TIFF, and only the pages in use are
-in memory.
+The cache (``cache/images.npy``) is a memory-mapped ``(N, C, S, S)`` array written once by
+``init-pool``: uint8 for 8-bit archives (1 byte per band and pixel), float16 for archives
+read with rasterio (2 bytes: the scaled 0..255 values with 11 significant bits, finer than
+the radiometric noise of 12-bit sensors). Epochs read it instead of re-decoding, and only the
+pages in use are in memory.
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ from alft_cli.config import IMAGE_EXTENSIONS
 MAX_PIXELS = 20_000 * 20_000
 MIN_SIDE = 8
 RESIZE_METHOD = (
-    "bilinear (Pillow Image.resize BILINEAR, antialiased when shrinking), aspect not kept")
-CONVERSIONS = ("gray/palette/CMYK/RGBA->RGB; 16-bit/float->8-bit by per-image 0.5-99.5 "
-               "percentile stretch")
+    "decode at full resolution with Pillow (no JPEG draft/reduced-scale decoding), then "
+    "Image.resize((S, S), Image.Resampling.BILINEAR) (antialiased when shrinking), aspect not "
+    "kept")
+CONVERSIONS = ("gray/palette/CMYK/RGBA->RGB with Image.convert('RGB'); 16-bit/float->8-bit "
+               "by per-image 0.5-99.5 percentile stretch")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Pillow warns (UserWarning) about the damage it works around in a file ("Corrupt EXIF data",
@@ -78,9 +88,8 @@ def load_image(path: Path | str, size: int, channels: int = 3) -> Decoded:
                 raise ImageDecodeError(f"too large ({width}x{height}); tile it first")
             if min(width, height) < MIN_SIDE:
                 raise ImageDecodeError(f"too small ({width}x{height} < {MIN_SIDE} px)")
-            if img.format == "JPEG":
-                # Let libjpeg decode at a reduced scale when the image is much larger.
-                img.draft("RGB", (size, size))
+            # No img.draft() for JPEGs: decoding at a reduced scale would be faster on large
+            # files, but its pixels differ from the documented resize (issue 15).
             img.load()
             array, note = _to_uint8_bands(img, channels)
     except ImageDecodeError:
@@ -192,7 +201,7 @@ class ScanResult:
     skipped: list[tuple[str, str]]       # (key, reason) found but not indexable
 
 
-def scan_folder(root: Path) -> ScanResult:
+def scan_folder(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> ScanResult:
     """List image files under ``root`` recursively as POSIX keys relative to ``root``.
 
     Symlinked directories are not descended (no loops); symlinked files are kept only when
@@ -219,10 +228,10 @@ def scan_folder(root: Path) -> ScanResult:
         for name in sorted(filenames):
             full = Path(dirpath, name)
             rel = _relative(full, root)
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
+            if not name.lower().endswith(extensions):
                 suffix = Path(name).suffix.lower()
                 skipped.append((rel, f"{NOT_AN_IMAGE} ({suffix or 'no extension'}; "
-                                     f"alft reads {'/'.join(IMAGE_EXTENSIONS)})"))
+                                     f"alft reads {'/'.join(extensions)})"))
                 continue
             problem = _name_problem(rel)
             if problem:
@@ -416,11 +425,20 @@ CACHE_FILE = "images.npy"
 
 
 def open_cache(path: Path, mode: str = "r") -> np.ndarray:
-    """Memory-map the decoded-image cache ``(N, C, S, S)`` uint8."""
+    """Memory-map the decoded-image cache ``(N, C, S, S)`` (uint8 or float16, values 0..255)."""
     return np.load(path, mmap_mode=mode)
 
 
-def create_cache(path: Path, n: int, channels: int, size: int) -> np.ndarray:
-    """Create an empty cache file and return it memory-mapped for writing."""
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+def create_cache(path: Path, n: int, channels: int, size: int,
+                 dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """Create an empty cache file and return it memory-mapped for writing.
+
+    Args:
+        path: the ``.npy`` file.
+        n: samples.
+        channels: bands per sample.
+        size: side in pixels.
+        dtype: uint8 (8-bit archives) or float16 (rasterio archives: scaled 0..255 values).
+    """
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype),
                                      shape=(n, channels, size, size))
