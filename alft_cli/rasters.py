@@ -259,10 +259,13 @@ def probe(root: Path, scan: RasterScan) -> Probe:
 
 def _file_band_names(src: object) -> list[str]:
     """Band names of a multi-band file: its band descriptions when every band has a distinct
-    one (e.g. ``B04``), else ``1`` ... ``n``."""
-    descriptions = [str(d).strip() if d else "" for d in src.descriptions]  # type: ignore[attr-defined]
-    if all(descriptions) and len({d.lower() for d in descriptions}) == len(descriptions):
-        return descriptions
+    one (e.g. ``B04``); else its colour interpretation when that names every band distinctly
+    (``red``, ``green``, ``blue``, ...); else ``1`` ... ``n``."""
+    for names in ([str(d).strip() if d else "" for d in src.descriptions],  # type: ignore[attr-defined]
+                  [c.name for c in src.colorinterp]):  # type: ignore[attr-defined]
+        usable = all(n and n not in ("undefined", "gray") for n in names)
+        if usable and len({n.lower() for n in names}) == len(names):
+            return names
     return [str(i + 1) for i in range(src.count)]  # type: ignore[attr-defined]
 
 
@@ -365,8 +368,15 @@ def fixed_range(scale: str, n_bands: int) -> tuple[list[float], list[float]] | N
 # reading one sample
 # --------------------------------------------------------------------------------------------
 def _rasterio() -> object:
-    import rasterio  # imported here: GDAL takes a moment to load and JPEG archives never need it
+    import warnings
 
+    import rasterio  # imported here: GDAL takes a moment to load and JPEG archives never need it
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # Plain TIFFs and PNGs have no georeference; alft does not need one. A process-wide filter
+    # for this category only (catch_warnings is not thread-safe and reads run in threads);
+    # filterwarnings replaces an identical filter, so repeating it does not grow the list.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     return rasterio
 
 

@@ -111,7 +111,11 @@ def generate_s2_archive(
         Paths, classes, the label matrix and the keys (patch folders or files).
     """
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
+
+    def from_origin(x: float, y: float, dx: float, dy: float) -> Affine:
+        # rasterio.transform.from_origin, without its deprecated Affine '*' (a warning).
+        return Affine(dx, 0.0, x, 0.0, -dy, y)
 
     chosen = tuple(classes) if classes is not None else CLASSES
     unknown = [c for c in chosen if c not in SPECTRA]
