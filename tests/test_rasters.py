@@ -431,3 +431,72 @@ def test_read_v2_metadata_table(s2, tmp_path):
     with pytest.raises(LabelFileError, match="not a BigEarthNet v2 metadata table"):
         bigearthnet.read_labels(s2["band-folder"].root, keys, 19,
                                 metadata=tmp_path / "bad.parquet")
+
+
+# --------------------------------------------------------------------------------------------
+# indexing and quicklooks
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["band-folder", "file"])
+def test_index_fills_a_float16_cache_with_the_model_input(s2, tmp_path, layout):
+    from alft_cli import raster_index
+
+    arch = s2[layout]
+    listing = scan_folder(arch.root, ARCHIVE_EXTENSIONS)
+    plan = raster_index.plan(arch.root, listing.keys, listing.skipped,
+                             raster_index.RasterOptions(bands="B04,B03,B02,B08"))
+    assert plan.scan.layout == layout and plan.scale == "percentile"
+    result = raster_index.index(plan, arch.root, tmp_path / "c.npy", SIZE, seed=0, workers=2)
+    cache = np.load(tmp_path / "c.npy")
+    assert cache.dtype == np.float16 and cache.shape == (12, 4, SIZE, SIZE)
+    spec = result.spec
+    assert spec.bands == ["B04", "B03", "B02", "B08"] and spec.percentile_samples == 12
+    for row, rec in result.records:
+        sample = next(s for s in plan.scan.samples if s.key == rec.key)
+        want = rasters.model_input(arch.root, sample, spec, SIZE)
+        np.testing.assert_allclose(cache[row].astype(np.float32), want, rtol=1e-3, atol=0.02)
+    values = cache.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1)
+    np.testing.assert_allclose(result.mean, values.mean(1) / 255, atol=1e-4)
+    np.testing.assert_allclose(result.std, values.std(1) / 255, atol=1e-4)
+    assert raster_index.cache_bytes_per_sample(4, SIZE) == 4 * SIZE * SIZE * 2
+
+
+def test_rgb_archives_keep_the_pillow_path_and_bad_options(tiny_archive, s2):
+    from alft_cli import raster_index
+
+    listing = scan_folder(tiny_archive.root, ARCHIVE_EXTENSIONS)
+    assert raster_index.plan(tiny_archive.root, listing.keys, listing.skipped,
+                             raster_index.RasterOptions()) is None
+    s2_listing = scan_folder(s2["file"].root, ARCHIVE_EXTENSIONS)
+    with pytest.raises(OptionError, match="--in-channels 3 does not match the 12 bands"):
+        raster_index.plan(s2["file"].root, s2_listing.keys, s2_listing.skipped,
+                          raster_index.RasterOptions(), in_channels=3)
+    with pytest.raises(OptionError, match="--scale none keeps raw values"):
+        raster_index.plan(s2["file"].root, s2_listing.keys, s2_listing.skipped,
+                          raster_index.RasterOptions(scale="none"))
+
+
+def test_quicklooks(tmp_path):
+    from PIL import Image
+
+    from alft_cli import quicklooks
+
+    names = list(BANDS)
+    assert quicklooks.preview_bands(names) == ["B04", "B03", "B02"]
+    assert quicklooks.preview_bands(["red", "green", "blue", "nir"]) == ["red", "green", "blue"]
+    assert quicklooks.preview_bands(["B08", "B11", "B12", "B8A"]) == ["B08", "B11", "B12"]
+    assert quicklooks.preview_bands(names, "B08,B04,B03") == ["B08", "B04", "B03"]
+    assert quicklooks.preview_bands(names, "8") == ["B08"]
+    with pytest.raises(OptionError, match="--preview-bands: give 3 bands"):
+        quicklooks.preview_bands(names, "B04,B03")
+    with pytest.raises(OptionError, match="--preview-bands: band 'B99' not found"):
+        quicklooks.preview_bands(names, "B99,B03,B02")
+    ramp = np.tile(np.linspace(0, 1000, 100, dtype=np.float32), (3, 100, 1))
+    ramp[1] *= 2  # a brighter band gets its own stretch
+    rgb = quicklooks.render(ramp)
+    assert rgb.shape == (300, 300, 3) and rgb.dtype == np.uint8
+    assert rgb[:, :3].max() == 0 and rgb[:, -3:].min() == 255
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 1])
+    path = quicklooks.write(tmp_path / "q", 3, "T1/S2A patch/x", ramp[:1])
+    assert path.name == "0003_T1__S2A_patch__x.png"
+    with Image.open(path) as img:
+        assert img.mode == "RGB" and img.size == (300, 300)

@@ -1,0 +1,194 @@
+"""Index a multi-band archive: settle its raster settings, scale it, fill the float16 cache.
+
+:mod:`alft_cli.rasters` reads one sample; this module does init-pool's part for a whole
+archive: decide whether the archive needs the rasterio path at all (8-bit RGB archives keep
+the Pillow path, unchanged), fix the layout, the bands and the archive-wide scaling (stored in
+config.json as :class:`~alft_cli.config.RasterConfig`), then read every sample once into the
+decode cache, accumulating the per-band normalization statistics on the scaled values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alft_cli import rasters
+from alft_cli.config import RasterConfig
+from alft_cli.errors import ArchiveError, OptionError
+from alft_cli.images import create_cache
+from alft_cli.progress import reporter
+from alft_cli.store import SampleRecord
+
+#: Raw reads kept from the percentile pass for the cache pass, at most this many bytes.
+RETAIN_BYTES = 128 * 2**20
+CACHE_DTYPE = np.float16
+
+
+@dataclass(frozen=True)
+class RasterOptions:
+    """init-pool's raster options as given (None / "auto": decide from the archive)."""
+
+    layout: str = "auto"
+    bands: str | Sequence[str] | None = None
+    nodata: float | None = None
+    scale: str | None = None
+
+    def given(self) -> bool:
+        """Whether any option asks for the raster path explicitly."""
+        return (self.layout == "band-folder" or self.bands is not None
+                or self.nodata is not None or (self.scale or "auto") != "auto")
+
+
+@dataclass
+class RasterPlan:
+    """An archive to index on the raster path: its samples and its settings but the scaling
+    range (which percentile scaling computes from the data)."""
+
+    scan: rasters.RasterScan
+    probe: rasters.Probe
+    bands: list[str]
+    scale: str
+    nodata: float | None
+
+
+def plan(root: Path, keys: Sequence[str], skipped: Sequence[tuple[str, str]],
+         options: RasterOptions, in_channels: int | None = None) -> RasterPlan | None:
+    """Decide how an archive is read; None means the Pillow path for 8-bit RGB archives.
+
+    Args:
+        root: the archive root.
+        keys: its image files (relative), sorted, as the listing found them.
+        skipped: what the listing could not use.
+        options: the raster options given.
+        in_channels: ``--in-channels`` if given; on the raster path it must equal the number
+            of selected bands (it follows from ``--bands``).
+
+    Raises:
+        OptionError: a bad option (unknown band or layout, ``--scale none`` on 16-bit data,
+            an ``--in-channels`` that contradicts the bands).
+        ArchiveError: mixed layouts, no band folder where one was asked for, files that
+            disagree on band count or data type, nothing readable.
+    """
+    if options.layout not in rasters.LAYOUTS:
+        raise OptionError(f"--layout {options.layout!r}: use {', '.join(rasters.LAYOUTS)}")
+    scan = rasters.group_layout(keys, skipped, options.layout)
+    if scan.layout == "file" and not rasters.wants_rasterio(keys, "file", options.given(), root):
+        return None
+    if not scan.samples:
+        raise ArchiveError(f"{root}: no samples found in the {scan.layout} layout")
+    probe = rasters.probe(root, scan)
+    bands = rasters.resolve_bands(probe.names, options.bands)
+    if in_channels is not None and in_channels != len(bands):
+        raise OptionError(f"--in-channels {in_channels} does not match the {len(bands)} bands "
+                          f"selected ({', '.join(bands)}); drop --in-channels, it follows "
+                          "from --bands")
+    scale = rasters.resolve_scale(options.scale, probe.dtype)
+    return RasterPlan(scan, probe, bands, scale, rasters.check_nodata(options.nodata))
+
+
+def spec_of(plan_: RasterPlan, lo: Sequence[float], hi: Sequence[float],
+            samples_used: int = 0) -> RasterConfig:
+    """The :class:`RasterConfig` of a plan once its scaling range is known."""
+    p = plan_.probe
+    return RasterConfig(layout=plan_.scan.layout, band_names=list(p.names),
+                        bands=list(plan_.bands),
+                        band_indexes=[p.names.index(b) + 1 for b in plan_.bands],
+                        count=p.count, dtype=p.dtype, nodata=plan_.nodata, scale=plan_.scale,
+                        scale_lo=[float(v) for v in lo], scale_hi=[float(v) for v in hi],
+                        resampling=rasters.RESAMPLING, percentile_samples=samples_used)
+
+
+@dataclass
+class RasterIndex:
+    """What indexing a raster archive produced."""
+
+    records: list[tuple[int, SampleRecord]]
+    skipped: list[tuple[str, str]]
+    mean: list[float]
+    std: list[float]
+    spec: RasterConfig
+
+
+def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
+          workers: int | None = None) -> RasterIndex:
+    """Read every sample once into a float16 ``(N, C, S, S)`` cache of scaled 0..255 values.
+
+    With percentile scaling, a seeded sample of the archive is read first to fix the range;
+    those reads are kept (up to :data:`RETAIN_BYTES`) and not read again.
+
+    Raises:
+        ArchiveError: no sample could be read, or the percentile sample has a band without
+            any valid pixel.
+    """
+    samples = plan_.scan.samples
+    n = len(samples)
+    retained: dict[int, rasters.RasterItem] = {}
+    fixed = rasters.fixed_range(plan_.scale, len(plan_.bands))
+    used = 0
+    if fixed is None:
+        # A provisional spec: reading needs the layout, bands and nodata, not the range.
+        reader = spec_of(plan_, [0.0] * len(plan_.bands), [1.0] * len(plan_.bands))
+        picks = rasters.percentile_sample(n, seed)
+        reads: list[tuple[np.ndarray, np.ndarray]] = []
+        kept_bytes = 0
+        with reporter().task("sampling for the percentile scaling", total=len(picks)) as task:
+            for pos, item in zip(picks, rasters.read_many(
+                    root, [samples[int(i)] for i in picks], reader, size, workers)):
+                task.advance(1)
+                if item.raw is None:
+                    continue
+                reads.append((item.raw, item.mask))
+                if kept_bytes + item.raw.nbytes + item.mask.nbytes <= RETAIN_BYTES:
+                    retained[int(pos)] = item
+                    kept_bytes += item.raw.nbytes + item.mask.nbytes
+        if not reads:
+            reasons = [i.reason for i in retained.values()]
+            raise ArchiveError(f"{root}: none of the {len(picks)} samples read for the "
+                               f"percentile scaling is usable" + (f" ({reasons[0]})"
+                                                                  if reasons else ""))
+        lo, hi, used = rasters.percentile_range(reads, seed)
+        del reads
+    else:
+        lo, hi = fixed
+    spec = spec_of(plan_, lo, hi, used)
+    channels = len(spec.bands)
+    cache = create_cache(cache_path, n, channels, size, CACHE_DTYPE)
+    records: list[tuple[int, SampleRecord]] = []
+    skipped = list(plan_.scan.skipped)
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    rest = rasters.read_many(root, [s for i, s in enumerate(samples) if i not in retained],
+                             spec, size, workers)
+    with reporter().task("decoding archive", total=n) as task:
+        for row in range(n):
+            item = retained.pop(row) if row in retained else next(rest)
+            task.advance(1)
+            if item.raw is None or item.mask is None:
+                skipped.append((item.key, item.reason or "unreadable"))
+                continue
+            scaled = rasters.scale_bands(item.raw, item.mask, spec.scale_lo, spec.scale_hi)
+            cache[row] = scaled
+            flat = scaled.reshape(channels, -1).astype(np.float64)
+            total += flat.sum(1)
+            total_sq += (flat ** 2).sum(1)
+            records.append((row, SampleRecord(item.key, item.size, item.mtime_ns, item.sha256,
+                                              item.width, item.height, None)))
+    cache.flush()
+    del cache
+    if not records:
+        first = skipped[0] if skipped else ("?", "unreadable")
+        raise ArchiveError(f"{root}: none of the {n} samples could be read "
+                           f"(e.g. {first[0]}: {first[1]})")
+    n_pixels = len(records) * size * size
+    mean = total / n_pixels
+    std = np.sqrt(np.maximum(total_sq / n_pixels - mean ** 2, 1e-6))
+    return RasterIndex(records, sorted(skipped), [float(m) for m in mean / 255.0],
+                       [float(v) for v in std / 255.0], spec)
+
+
+def cache_bytes_per_sample(channels: int, size: int) -> int:
+    """Bytes the decode cache holds per sample on the raster path (float16)."""
+    return channels * size * size * np.dtype(CACHE_DTYPE).itemsize
