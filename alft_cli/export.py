@@ -25,8 +25,26 @@ Example (plain onnxruntime, no alft needed)::
     probabilities = sess.run(["probabilities"], {meta["input_name"]: x})[0][0]
     labels = [c for c, p, t in zip(classes, probabilities, thresholds) if p >= t]
 
-(8-bit RGB images; 16-bit and float rasters are first stretched to 8 bits as the
-``conversions`` metadata says.) ``alft tag`` does the same for a whole archive, streaming.
+(8-bit RGB images.) A multi-band model (an archive read with rasterio) also stores
+``raster``, ``bands``, ``band_layout``, ``read``, ``nodata`` and ``scaling``: read the bands
+with rasterio as ``read`` says, mask as ``nodata`` says, scale with ``scale_lo``/``scale_hi``
+as ``scaling`` says, and feed the float32 result (no rounding)::
+
+    import rasterio
+    from rasterio.enums import Resampling
+
+    raster = json.loads(meta["raster"])
+    lo = np.asarray(raster["scale_lo"], np.float32)[:, None, None]
+    hi = np.asarray(raster["scale_hi"], np.float32)[:, None, None]
+    with rasterio.open(FILE_PATH) as src:  # layout "file"; a band folder: one file per band
+        x = src.read(raster["band_indexes"], out_shape=(len(lo), size, size),
+                     resampling=Resampling.bilinear, out_dtype="float32")
+        nodata = raster["nodata"] if raster["nodata"] is not None else src.nodata
+    masked = ~np.isfinite(x) | ((x == np.float32(nodata)) if nodata is not None else False)
+    x = np.clip((x - lo) / (hi - lo), 0, 1) * np.float32(255)
+    x[masked] = 0
+
+``alft tag`` does the same for a whole archive, streaming.
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ from torch import nn
 
 from alft_cli import __version__
 from alft_cli.atomic import atomic_write_bytes
+from alft_cli.config import RasterConfig
 from alft_cli.data import CachedImages, resolve_device
 from alft_cli.errors import AlftError, OptionError
 from alft_cli.images import CONVERSIONS, RESIZE_METHOD
@@ -165,7 +184,7 @@ def export_project(project: Project, round_: int | None = None, out: Path | None
         source = f"per-class best F1 on {len(val_ids)} validation images"
         model = model.cpu()
 
-    metadata = model_metadata(model, classes, thresholds, size, source)
+    metadata = model_metadata(model, classes, thresholds, size, source, project.config.raster)
     metadata.update(_round_metadata(record, meta))
     data = classifier_to_onnx(model, size, metadata)
     # Check the exact bytes that will be written, before they replace anything.
@@ -245,7 +264,8 @@ def _calibrate(model: nn.Module, cache: CachedImages, ids: np.ndarray, y: np.nda
 
 
 def model_metadata(model: nn.Module, classes: list[str], thresholds: list[float],
-                   image_size: int, thresholds_source: str = "") -> dict[str, str]:
+                   image_size: int, thresholds_source: str = "",
+                   raster: RasterConfig | None = None) -> dict[str, str]:
     """The ``metadata_props`` that make an exported classifier usable on its own.
 
     Args:
@@ -255,6 +275,8 @@ def model_metadata(model: nn.Module, classes: list[str], thresholds: list[float]
         thresholds: per-class decision thresholds.
         image_size: input side S.
         thresholds_source: how the thresholds were chosen (free text).
+        raster: how a multi-band project reads and scales its archive (None: 8-bit images
+            read with Pillow).
 
     Returns:
         String keys and values (JSON for lists).
@@ -286,7 +308,62 @@ def model_metadata(model: nn.Module, classes: list[str], thresholds: list[float]
         "exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "usage": USAGE,
     }
+    if raster is not None:
+        items.update(raster_metadata(raster, int(image_size)))
     return {k: str(v) for k, v in items.items()}
+
+
+def raster_metadata(raster: RasterConfig, size: int) -> dict[str, str]:
+    """The metadata of a multi-band model: enough for a plain rasterio + numpy script to
+    build exactly the input ``alft tag`` builds (see :mod:`alft_cli.rasters`)."""
+    bands = ", ".join(raster.bands)
+    if raster.layout == "file":
+        read = (f"rasterio: with rasterio.open(file) as src: x = src.read(band_indexes, "
+                f"out_shape=({len(raster.bands)}, {size}, {size}), resampling=Resampling."
+                f"{raster.resampling}, out_dtype='float32'); band_indexes (1-based) = "
+                f"{raster.band_indexes}; every file has {raster.count} bands "
+                f"({', '.join(raster.band_names)})")
+        layout = "file: one multi-band file per sample"
+    else:
+        read = (f"rasterio, per band in 'bands' order: the sample folder's file "
+                f"<patch>_<BAND>.tif/.tiff/.jp2; src.read(1, out_shape=({size}, {size}), "
+                f"resampling=Resampling.{raster.resampling}, out_dtype='float32') (bands of "
+                "every resolution onto the same grid)")
+        layout = ("band-folder: one folder per sample, one single-band file per band named "
+                  "<patch>_<BAND>.tif (BigEarthNet); the sample key is the folder")
+    if raster.scale == "percentile":
+        rule = (f"percentile: per-band {_percentiles()} percentiles of "
+                f"{raster.percentile_samples} archive samples (seeded), fixed at init-pool")
+    elif raster.scale == "reflectance":
+        rule = "reflectance: digital number / 10000 (Sentinel-2 L2A), clipped to 0..1"
+    else:
+        rule = "none: 8-bit values as they are (0..255)"
+    nodata = (f"pixels equal to {raster.nodata:g}" if raster.nodata is not None
+              else "pixels equal to each file's own nodata value (if it has one)")
+    return {
+        "raster": raster.model_dump_json(),
+        "bands": json.dumps(raster.bands),
+        "band_layout": layout,
+        "channel_order": f"bands {bands}, in this order",
+        "read": read,
+        "resize": (f"GDAL decimated read onto the {size} x {size} grid, resampling "
+                   f"{raster.resampling} (overviews used when the file has them); aspect not "
+                   "kept"),
+        "nodata": (f"{nodata} and non-finite pixels (NaN, inf) are masked; masked pixels are "
+                   "0 after scaling; a sample with every pixel masked is skipped"),
+        "scaling": ("x_scaled = clip((x - scale_lo) / (scale_hi - scale_lo), 0, 1) * 255 per "
+                    f"band, float32, no rounding; rule {rule}"),
+        "scale_lo": json.dumps(raster.scale_lo),
+        "scale_hi": json.dumps(raster.scale_hi),
+        "conversions": "none (no per-image stretch: one scaling for the whole archive)",
+        "input_range": "0-255 float32 as in 'scaling'; normalization is inside the model",
+    }
+
+
+def _percentiles() -> str:
+    from alft_cli.rasters import PERCENTILES
+
+    return f"{PERCENTILES[0]:g}-{PERCENTILES[1]:g}%"
 
 
 def _round_metadata(record: Any, meta: dict[str, Any]) -> dict[str, str]:

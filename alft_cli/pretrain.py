@@ -73,8 +73,13 @@ class PretrainOutcome:
 
 def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: PretrainConfig,
                  mean: list[float], std: list[float], device: torch.device,
-                 init_backbone: dict[str, torch.Tensor] | None = None) -> PretrainOutcome:
-    """Train BYOL; write ``out_dir/checkpoint.pt`` (resumable) and ``out_dir/backbone.pt``."""
+                 init_backbone: dict[str, torch.Tensor] | None = None,
+                 views: str = "rgb") -> PretrainOutcome:
+    """Train BYOL; write ``out_dir/checkpoint.pt`` (resumable) and ``out_dir/backbone.pt``.
+
+    ``views`` is the view recipe (:func:`alft_cli.augment.byol_views`): ``rgb`` (BYOL's) or
+    ``bands`` (band-agnostic, for multispectral band sets).
+    """
     info = distributed.init(device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -165,7 +170,8 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
                 if step == 1:
                     faults.point("pretrain:step")
                 loss = _step(net, model, normalize, images, generator, optimizer, device,
-                             cache.image_size, cosine_tau(step, total_steps, cfg.tau_base))
+                             cache.image_size, cosine_tau(step, total_steps, cfg.tau_base),
+                             views)
                 epoch_loss += loss
                 seen += len(images) * info.world_size
                 batch_index += 1
@@ -214,8 +220,8 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
 
 def _step(net: torch.nn.Module, model: BYOL, normalize: Normalize, images: torch.Tensor,
           generator: torch.Generator, optimizer: torch.optim.Optimizer, device: torch.device,
-          size: int, tau: float) -> torch.Tensor:
-    view1, view2 = byol_views(images.float(), generator, size)
+          size: int, tau: float, views: str = "rgb") -> torch.Tensor:
+    view1, view2 = byol_views(images.float(), generator, size, recipe=views)
     view1 = to_device_layout(normalize(view1), device)
     view2 = to_device_layout(normalize(view2), device)
     with autocast(device):

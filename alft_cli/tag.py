@@ -1,7 +1,8 @@
 """Tag an archive with an exported model: onnxruntime, streaming, resumable, shardable.
 
 Only the ``.onnx`` file written by ``alft export`` is needed (classes, thresholds and input
-size are in its metadata); no project. Images are listed, decoded by a thread pool (Pillow
+size are in its metadata; for a multi-band model also the layout, bands and scaling, see
+:mod:`alft_cli.rasters`); no project. Images are listed, decoded by a thread pool (Pillow
 releases the GIL) a few batches ahead of the batch being scored, scored in batches, and
 appended to the output one batch at a time, so memory stays flat whatever the archive size
 and a killed run loses at most one batch (``--resume`` picks it up).
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from alft_cli.atomic import atomic_write_text
+from alft_cli.config import ARCHIVE_EXTENSIONS, RasterConfig
 from alft_cli.errors import ArchiveError, CheckpointError, OptionError
 from alft_cli.images import (
     NOT_AN_IMAGE,
@@ -102,6 +104,7 @@ class ModelInfo:
     image_size: int
     in_channels: int
     metadata: dict[str, str]
+    raster: RasterConfig | None = None  # a multi-band model: how its archives are read
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +303,16 @@ def read_model_info(session: Any, path: Path | str = "model") -> ModelInfo:
     if len(shape) != 4 or shape[1:] != [channels, size, size]:
         raise CheckpointError(f"{path}: input shape {shape} does not match the metadata "
                               f"({channels} x {size} x {size})")
-    return ModelInfo(classes, thresholds, input_name, output_name, size, channels, meta)
+    raster = None
+    if meta.get("raster"):
+        try:
+            raster = RasterConfig.model_validate_json(meta["raster"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: unreadable 'raster' metadata ({exc})") from exc
+        if len(raster.bands) != channels:
+            raise CheckpointError(f"{path}: metadata names {len(raster.bands)} bands for a "
+                                  f"{channels}-band input")
+    return ModelInfo(classes, thresholds, input_name, output_name, size, channels, meta, raster)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +366,56 @@ def list_archive(archive: Path) -> tuple[Path, list[str], list[tuple[str, str]]]
     return archive.parent, scan.keys, list(scan.skipped)
 
 
+def list_raster_archive(archive: Path, spec: RasterConfig
+                        ) -> tuple[Path, dict[str, object], list[tuple[str, str]]]:
+    """The samples of a multi-band archive in the model's layout, checked against its bands.
+
+    Returns:
+        ``(root, samples by key, skipped)``.
+
+    Raises:
+        ArchiveError: another layout than the model's, or bands that do not match the
+            model's (one line naming both).
+    """
+    from alft_cli import rasters
+
+    if not archive.exists():
+        raise ArchiveError(f"archive {archive} does not exist")
+    if archive.is_dir():
+        root, listing = archive, scan_folder(archive, ARCHIVE_EXTENSIONS)
+    elif archive.suffix.lower() == ".csv":
+        root, listing = archive.parent, scan_manifest(archive, strict=False)
+    else:
+        raise ArchiveError(f"{archive}: give a folder or a manifest CSV with a 'filename' "
+                           "column")
+    try:
+        found = rasters.group_layout(listing.keys, listing.skipped, "auto").layout
+    except ArchiveError:
+        found = spec.layout  # mixed: read it the model's way, the rest is skipped
+    if found != spec.layout and listing.keys:
+        raise ArchiveError(f"{archive} is in the {found} layout; this model reads "
+                           f"{spec.layout} archives")
+    scan = rasters.group_layout(listing.keys, listing.skipped, spec.layout)
+    if scan.samples:
+        probe = rasters.probe(root, scan)
+        if spec.layout == "file":
+            # Names are compared when both sides have them (descriptions or colours); files
+            # without names can only be checked by their band count.
+            named = not any(n.isdigit() for n in probe.names + spec.band_names)
+            bad = probe.count != spec.count or (named and probe.names != spec.band_names)
+        else:
+            bad = any(b not in probe.names for b in spec.bands)
+        if bad:
+            raise ArchiveError(f"{archive}: its bands ({', '.join(probe.names)}) do not match "
+                               f"the model's ({', '.join(spec.band_names)}; it uses "
+                               f"{', '.join(spec.bands)})")
+        if probe.dtype != spec.dtype:
+            raise ArchiveError(f"{archive} is {probe.dtype}; the model was trained on "
+                               f"{spec.dtype} data and scales it as such")
+    skipped = [s for s in scan.skipped if not s[1].startswith(NOT_AN_IMAGE)]
+    return root, {s.key: s for s in scan.samples}, skipped
+
+
 def _decode(root: Path, key: str, size: int, channels: int
             ) -> tuple[np.ndarray | None, str | None]:
     """One file -> (C, S, S) float32 ready for the model, or (None, reason)."""
@@ -372,6 +434,19 @@ def _decode(root: Path, key: str, size: int, channels: int
         return None, f"cannot read ({exc.strerror or exc})"
     # Layout and dtype here, in the worker thread, keep the scoring thread free.
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32), None
+
+
+def _decode_raster(root: Path, sample: object, size: int, spec: RasterConfig
+                   ) -> tuple[np.ndarray | None, str | None]:
+    """One multi-band sample -> (C, S, S) float32 model input, or (None, reason)."""
+    from alft_cli import rasters
+
+    try:
+        return rasters.model_input(root, sample, spec, size), None  # type: ignore[arg-type]
+    except rasters.RasterError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +526,12 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
              + f"; {model_path.name}: {len(info.classes)} classes, {info.image_size} px")
 
     started = time.perf_counter()
-    root, keys, listing_skipped = list_archive(archive)
+    samples: dict[str, object] | None = None
+    if info.raster is not None:
+        root, samples, listing_skipped = list_raster_archive(archive, info.raster)
+        keys = list(samples)
+    else:
+        root, keys, listing_skipped = list_archive(archive)
     if shard_spec is not None:
         keys = [k for k in keys if in_shard(k, *shard_spec)]
         listing_skipped = [s for s in listing_skipped if in_shard(s[0], *shard_spec)]
@@ -496,7 +576,7 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
             writer = Writer(handle, fmt, info.classes, info.thresholds, header=new_file)
             try:
                 for processed, batch_keys, arrays in _decoded_batches(
-                        pool, root, todo, batch_size, info, skip_log):
+                        pool, root, todo, batch_size, info, skip_log, samples):
                     if batch_keys:
                         x = np.stack(arrays)
                         probabilities = session.run([info.output_name],
@@ -522,7 +602,8 @@ def tag_archive(model_path: Path, archive: Path, out: Path, fmt: str | None = No
 
 
 def _decoded_batches(pool: ThreadPoolExecutor, root: Path, keys: list[str], batch_size: int,
-                     info: ModelInfo, skip_log: SkipLog
+                     info: ModelInfo, skip_log: SkipLog,
+                     samples: dict[str, object] | None = None
                      ) -> Iterator[tuple[int, list[str], list[np.ndarray]]]:
     """Yield (files processed, usable keys, their arrays) per batch while the next batches
     decode in the pool.
@@ -532,6 +613,9 @@ def _decoded_batches(pool: ThreadPoolExecutor, root: Path, keys: list[str], batc
     """
     def submit(start: int) -> tuple[list[str], list[Future]]:
         chunk = keys[start:start + batch_size]
+        if samples is not None and info.raster is not None:
+            return chunk, [pool.submit(_decode_raster, root, samples[k], info.image_size,
+                                       info.raster) for k in chunk]
         return chunk, [pool.submit(_decode, root, k, info.image_size, info.in_channels)
                        for k in chunk]
 
