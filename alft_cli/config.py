@@ -115,19 +115,38 @@ class ProjectConfig(BaseModel):
 
 
 def parse_class_list(text: str) -> list[str]:
-    """Parse ``--classes a,b,c`` into a clean list; refuses empties and duplicates."""
-    return check_class_names([part.strip() for part in text.split(",")], "--classes")
+    """Parse ``--classes a,b,c`` into a clean list; refuses empties and duplicates.
+
+    The list is read as one CSV row, so a name with a comma is given in double quotes:
+    ``--classes '"Beaches, dunes, sands",Pastures'``.
+    """
+    import csv
+
+    try:
+        row = next(csv.reader([text], skipinitialspace=True), [])
+    except csv.Error as exc:
+        raise OptionError(f"--classes: cannot read {text!r} as a comma-separated list "
+                          f"({exc})") from exc
+    return check_class_names([part.strip() for part in row], "--classes")
 
 
 def check_class_names(names: list[str], where: str) -> list[str]:
-    """Class names must survive every label format: not empty, no ';' (the list separator),
-    no ',' (the CSV delimiter), no spaces around them, unique case-insensitively."""
+    """Class names must survive every label format: not empty, no ';' (the separator of the
+    list CSV's labels field and of tag's labels column: the one character no format can
+    escape), no control characters, no spaces around them, unique case-insensitively.
+
+    Commas, slashes, parentheses, quotes and non-ASCII letters are fine: CSV headers and
+    fields are quoted where needed (real CORINE names such as "Beaches, dunes, sands" and
+    "Transitional woodland/shrub" have them)."""
     for name in names:
         if not name.strip():
             raise OptionError(f"{where}: empty class name")
-        if ";" in name or "," in name:
-            raise OptionError(f"{where}: class name {name!r} contains ';' or ',', which label "
-                              "files use as separators")
+        if ";" in name:
+            raise OptionError(f"{where}: class name {name!r} contains ';', which separates "
+                              "the classes of a list CSV's labels field; rename the class")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise OptionError(f"{where}: class name {name!r} contains control characters "
+                              "(newline, tab, ...)")
         if name != name.strip():
             raise OptionError(f"{where}: class name {name!r} has spaces around it")
     lowered = [n.lower() for n in names]
