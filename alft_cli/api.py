@@ -14,6 +14,7 @@ query              :mod:`alft_cli.scoring` (pool pass + strategy), :mod:`alft_cl
 labelstudio_*      :mod:`alft_cli.labelstudio_rounds` (server side), then import_labels
 status / doctor    the store; :mod:`alft_cli.checks`
 export / tag       :mod:`alft_cli.export`, :mod:`alft_cli.tag`
+labels_from_...    :mod:`alft_cli.bigearthnet` (BigEarthNet label files -> gold CSV)
 =================  ==========================================================
 
 Rounds: round 0 is the initial (random) to-label list written by :func:`init_pool`. Labels
@@ -37,7 +38,7 @@ import numpy as np
 from alft_cli import faults
 from alft_cli.atomic import atomic_open
 from alft_cli.checks import DoctorReport
-from alft_cli.errors import OptionError
+from alft_cli.errors import ArchiveError, OptionError
 from alft_cli.indexing import InitPoolResult
 from alft_cli.labels import QueryRow, read_label_file, write_query_csv
 from alft_cli.labels.lstasks import image_url_function, write_label_studio_files
@@ -109,7 +110,7 @@ def init_pool(
     test_fraction: float | None = None,
     initial: int = PAPER_INITIAL,
     image_size: int = 256,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     seed: int = 0,
     workers: int | None = None,
     index_from: Path | str | None = None,
@@ -117,6 +118,10 @@ def init_pool(
     image_url_prefix: str | None = None,
     document_root: Path | str | None = None,
     val_from_answers: float | None = None,
+    layout: str = "auto",
+    bands: str | Sequence[str] | None = None,
+    nodata: float | None = None,
+    scale: str | None = None,
 ) -> InitPoolResult:
     """Index an archive into a new project: splits, decode cache, initial to-label list.
 
@@ -128,10 +133,17 @@ def init_pool(
     predictions: there is no model yet), as :func:`query` does. ``val_from_answers``
     (projects without gold val labels) routes that share of every imported batch of answers
     to the val split (:mod:`alft_cli.valsplit`).
+
+    Multi-band archives (see :mod:`alft_cli.rasters`): ``layout`` (``auto``, ``file``,
+    ``band-folder``), ``bands`` (names or 1-based indexes, in model order; default all),
+    ``nodata`` (overrides the files' own) and ``scale`` (``reflectance``, ``percentile``,
+    ``none``; default percentile for non-8-bit data) are fixed here for the project's life;
+    ``in_channels`` then follows from the bands (default 3 for 8-bit RGB archives).
     """
     import time
 
     from alft_cli.indexing import check_new_project_dir, create_project, resolve_classes
+    from alft_cli.raster_index import RasterOptions
     from alft_cli.valsplit import META_KEY, check_fraction
 
     started = time.perf_counter()
@@ -166,11 +178,15 @@ def init_pool(
         image_size=image_size, in_channels=in_channels, seed=seed, workers=workers,
         index_from=Path(index_from) if index_from is not None else None,
         meta={META_KEY: json.dumps({"fraction": val_from_answers})} if val_from_answers
-        else None)
+        else None,
+        raster=RasterOptions(layout or "auto", bands, nodata, scale))
     if fmt == "label-studio" and result.query_file is not None:
+        from alft_cli.quicklooks import initial_quicklook
+
         with _reading(root) as project:
             keys = project.store.keys_by_id()
-            rows = [QueryRow(keys[s], rank, float("nan"), -1, None)
+            rows = [QueryRow(keys[s], rank, float("nan"), -1, None,
+                             initial_quicklook(project, result.query_file, rank, keys[s]))
                     for _, s, rank, _, _ in project.store.pending_queries()]
             result.label_studio_files = write_label_studio_files(
                 result.query_file, rows, project.classes, project.archive, "alft", round_=0,
@@ -283,10 +299,15 @@ def status(project_dir: Path | str, *, stop_kappa: float | None = None,
 # demo-data
 # --------------------------------------------------------------------------------------------
 def demo_data(out_dir: Path | str, *, n_images: int = 400, image_size: int = 64,
-              imbalance: float = 1.0, seed: int = 0) -> Any:
-    """Generate the built-in synthetic multi-label archive (see :mod:`alft_cli.synthetic`)."""
+              imbalance: float = 1.0, seed: int = 0, bands: int | None = None,
+              layout: str = "band-folder") -> Any:
+    """Generate the built-in synthetic multi-label archive (see :mod:`alft_cli.synthetic`);
+    with ``bands=12`` the Sentinel-2-like one (:mod:`alft_cli.synthetic_s2`) in ``layout``."""
     from alft_cli.synthetic import generate_archive
 
+    if bands is not None and bands != 12:
+        raise OptionError(f"--bands {bands}: the synthetic multispectral archive has 12 bands "
+                          "(Sentinel-2 as in BigEarthNet)")
     if n_images < 1:
         raise OptionError("--n-images must be >= 1")
     if image_size < 16:
@@ -297,6 +318,13 @@ def demo_data(out_dir: Path | str, *, n_images: int = 400, image_size: int = 64,
     if (out / "labels.csv").exists() or (out / "images").exists():
         raise OptionError(f"{out} already holds an archive; choose a new folder")
     with reporter().task("generating synthetic archive", total=None):
+        if bands is not None:
+            from alft_cli.synthetic_s2 import generate_s2_archive
+
+            if imbalance != 1:
+                raise OptionError("--imbalance is for the RGB archive; not with --bands")
+            return generate_s2_archive(out, n_images=n_images, image_size=image_size,
+                                       seed=seed, layout=layout)
         return generate_archive(out, n_images=n_images, image_size=image_size, seed=seed,
                                 imbalance=imbalance, formats=("png", "jpg", "tif"))
 
@@ -510,13 +538,16 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
           candidates: int | None = None, seed: int = 0, out: Path | str | None = None,
           fmt: str = "csv", force: bool = False, device: str = "auto",
           batch_size: int = 64, image_url_prefix: str | None = None,
-          document_root: Path | str | None = None) -> QueryResult | None:
+          document_root: Path | str | None = None,
+          preview_bands: str | Sequence[str] | None = None) -> QueryResult | None:
     """Choose ``budget`` unlabeled pool images to label next; write the query file.
 
     One inference pass over the unlabeled pool gives features h and probabilities p; the
     strategy (a pure function of them, see :mod:`alft_cli.strategies`) picks the images.
     Under torchrun every rank scores a shard of the pool; only rank 0 selects and writes
-    (the other ranks return None).
+    (the other ranks return None). A multi-band project also gets an RGB quicklook PNG per
+    queried sample in ``quicklooks/`` next to the query file (true colour, or
+    ``preview_bands``); the query file and the Label Studio tasks point to them.
     """
     from alft_cli import distributed
     from alft_cli.data import resolve_device
@@ -534,6 +565,8 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         raise OptionError(f"--format {fmt!r}: use csv or label-studio")
     args = {"budget": budget, "strategy": strategy, "candidates": candidates, "seed": seed,
             "out": str(out) if out else None, "format": fmt, "force": force}
+    if preview_bands is not None:
+        args["preview_bands"] = preview_bands
     notes: list[str] = []
     info = distributed.env_info()
     # Under torchrun every rank scores a shard of the pool; rank 0 owns the project.
@@ -547,6 +580,14 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
                 f"{len(pending)} images queried in round {rounds_pending[-1]} are still "
                 "pending (see alft status): import their labels first, or use --force to "
                 "cancel them (they go back to the unlabeled pool)")
+        raster = project.config.raster
+        if preview_bands is not None:
+            if raster is None:
+                raise OptionError("--preview-bands is for multi-band projects; the images of "
+                                  "this one are shown as they are")
+            from alft_cli.quicklooks import preview_bands as check_preview
+
+            check_preview(raster.band_names, preview_bands)
         labeled = set(store.labels())
         pool = store.sample_ids("pool")
         unlabeled = np.array([s for s in pool if int(s) not in labeled], dtype=np.int64)
@@ -587,10 +628,18 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         query_path = Path(out) if out else fresh_path(project.round_dir(new_round) /
                                                        "query.csv")
         keys = store.keys_by_id()
+        quick: dict[str, str] = {}
+        if raster is not None:
+            from alft_cli import quicklooks
+
+            quick = quicklooks.for_query(project, [int(s) for s in chosen],
+                                         [keys[int(s)] for s in chosen],
+                                         query_path.parent / quicklooks.FOLDER, preview_bands)
         rows = [QueryRow(keys[int(s)], rank + 1, float(choice.scores[rank]),
                          int(choice.clusters[rank]),
                          None if choice.probabilities is None
-                         else choice.probabilities[rank].tolist())
+                         else choice.probabilities[rank].tolist(),
+                         quick.get(keys[int(s)]))
                 for rank, s in enumerate(chosen)]
         write_query_csv(query_path, rows, project.classes)
         faults.point("query:file-written")
@@ -777,6 +826,40 @@ def adopt_pretrained(project_dir: Path | str, source_project: Path | str) -> dic
         with project.store.transaction():
             project.store.set_meta("pretrained", json.dumps(meta))
     return meta
+
+
+def labels_from_bigearthnet(archive: Path | str, out: Path | str, *, nomenclature: int = 43,
+                            metadata: Path | str | None = None) -> Any:
+    """Write the one-hot gold file of a BigEarthNet archive (keys = patch folders as
+    init-pool makes them) from its per-patch label JSONs (v1) or its ``metadata.parquet``
+    (v2); ``nomenclature=19`` applies the published 43 -> 19 class mapping.
+
+    Returns:
+        The :class:`~alft_cli.bigearthnet.BigEarthNetLabels` written (its ``notes`` report
+        patches without labels and patches whose labels all map to nothing).
+    """
+    from alft_cli import bigearthnet, rasters
+    from alft_cli.atomic import atomic_write_text
+    from alft_cli.config import ARCHIVE_EXTENSIONS
+    from alft_cli.images import scan_folder
+
+    archive, out = Path(archive), Path(out)
+    if not archive.is_dir():
+        raise ArchiveError(f"archive {archive} is not a folder")
+    if out.exists():
+        raise OptionError(f"{out} exists; choose another --out")
+    listing = scan_folder(archive, ARCHIVE_EXTENSIONS)
+    keys = [s.key for s in rasters.group_layout(listing.keys, listing.skipped,
+                                                "band-folder").samples]
+    found = bigearthnet.read_labels(archive, keys, nomenclature,
+                                    Path(metadata) if metadata is not None else None)
+    if not found.rows:
+        raise ArchiveError(f"{archive}: none of the {len(keys)} patch folders has a usable "
+                           "label" + (f" ({found.notes[0]})" if found.notes else ""))
+    atomic_write_text(out, bigearthnet.onehot_csv(found))
+    for note in found.notes:
+        reporter().warn(note)
+    return found
 
 
 # --------------------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ def _check_cache(project: Project, records: list, problems: list[str]) -> None:
     if cache.shape[1:] != want or cache.shape[0] <= top:
         problems.append(f"decode cache has shape {cache.shape}, expected (>{top}, "
                         f"{', '.join(map(str, want))})")
+    dtype = "float16" if cfg.raster is not None else "uint8"
+    if cache.dtype != dtype:
+        problems.append(f"decode cache holds {cache.dtype}, expected {dtype}")
 
 
 def _check_rounds(project: Project, labels: dict[int, str], problems: list[str],

@@ -64,6 +64,12 @@ def demo_data(
     imbalance: Annotated[float, typer.Option(help="1 = natural class frequencies; larger "
                                              "makes minority classes rarer.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    bands: Annotated[int | None, typer.Option(
+        help="12: a Sentinel-2-like archive instead (12-band uint16 GeoTIFFs, CORINE "
+             "classes, BigEarthNet layout).")] = None,
+    layout: Annotated[str, typer.Option(
+        help="With --bands 12: band-folder (BigEarthNet v1: a folder per patch, a file per "
+             "band) or file (one 12-band GeoTIFF per patch).")] = "band-folder",
 ) -> None:
     """Generate the built-in synthetic multi-label archive (images + one-hot labels.csv).
 
@@ -71,12 +77,14 @@ def demo_data(
     Examples:
       alft demo-data demo/ -n 400
       alft init-pool demo/images -p proj --labels demo/labels.csv
+      alft demo-data s2demo/ --bands 12 -n 300 --image-size 60
     """
     from alft_cli import api
 
     result = api.demo_data(out_dir, n_images=n_images, image_size=image_size,
-                           imbalance=imbalance, seed=seed)
-    out.print(f"wrote {len(result.keys)} images to {result.root}")
+                           imbalance=imbalance, seed=seed, bands=bands, layout=layout)
+    what = "patches" if bands else "images"
+    out.print(f"wrote {len(result.keys)} {what} to {result.root}")
     out.print(f"gold labels: {result.labels_csv}  ({len(result.classes)} classes: "
               f"{', '.join(result.classes)})")
 
@@ -100,7 +108,9 @@ def init_pool(
     initial: Annotated[int, typer.Option(help="Size of the random initial to-label set.")] = 40,
     image_size: Annotated[int, typer.Option(help="Images are resized to this square size.")
                           ] = 256,
-    in_channels: Annotated[int, typer.Option(help="Bands per image (3 = RGB).")] = 3,
+    in_channels: Annotated[int | None, typer.Option(
+        help="Bands per image for 8-bit images (default 3 = RGB); multi-band archives take "
+             "it from --bands.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split and the initial set.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
     format: Annotated[str, typer.Option("--format", help="csv | label-studio (also writes "
@@ -108,6 +118,19 @@ def init_pool(
                                         "config and README.txt)")] = "csv",
     image_url_prefix: ImageUrlPrefixOpt = None,
     document_root: DocumentRootOpt = None,
+    layout: Annotated[str, typer.Option(
+        help="auto | file (one multi-band file per sample) | band-folder (a folder per "
+             "sample, one <patch>_B01.tif ... file per band: BigEarthNet).")] = "auto",
+    bands: Annotated[str | None, typer.Option(
+        help="Bands to use, in order: names (B04,B03,B02,B08; BigEarthNet suffixes or band "
+             "descriptions) or 1-based indexes. Default: all.")] = None,
+    nodata: Annotated[float | None, typer.Option(
+        help="Nodata value (default: each file's own); nodata, NaN and inf are masked.")
+                      ] = None,
+    scale: Annotated[str, typer.Option(
+        help="Per-band scaling for the whole archive: reflectance (DN / 10000, clipped), "
+             "percentile (2nd-98th percentile on a seeded sample; default for non-8-bit "
+             "data) or none (8-bit).")] = "auto",
 ) -> None:
     """Index an archive into a new project; write the initial to-label list.
 
@@ -120,6 +143,7 @@ def init_pool(
       alft init-pool ucmerced/images -p proj --labels ucmerced/labels.csv --initial 40
       alft init-pool /data/tiles -p proj --classes water,trees,buildings
       alft init-pool /data/tiles -p proj --classes water,trees --val-from-answers 0.2
+      alft init-pool BigEarthNet-v1.0 -p ben --labels gold.csv --scale reflectance --bands 2,3,4,8
     """
     from alft_cli import api
 
@@ -127,7 +151,8 @@ def init_pool(
                       val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
                       image_size=image_size, in_channels=in_channels, seed=seed,
                       workers=workers, fmt=format, image_url_prefix=image_url_prefix,
-                      document_root=document_root, val_from_answers=val_from_answers)
+                      document_root=document_root, val_from_answers=val_from_answers,
+                      layout=layout, bands=bands, nodata=nodata, scale=scale)
     out.print(f"project {r.project}: {r.indexed} images indexed in {r.seconds:.1f} s "
               f"(pool {r.splits['pool']}, val {r.splits['val']}, test {r.splits['test']}), "
               f"{len(r.classes)} classes")
@@ -141,6 +166,38 @@ def init_pool(
             out.print(f"label studio: {path}")
         out.print(f"next: label them, then  alft import-labels FILE -p {r.project}  (or: "
                   f"alft labelstudio push -p {r.project} --create TITLE, then pull)")
+
+
+@app.command("labels-from-bigearthnet")
+def labels_from_bigearthnet(
+    archive: Annotated[Path, typer.Argument(help="BigEarthNet folder (one folder per patch).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Gold file to write (one-hot CSV).")],
+    nomenclature: Annotated[int, typer.Option(
+        help="43 (the CORINE classes as stored) or 19 (BigEarthNet-19, Sumbul et al. 2021)."
+    )] = 43,
+    metadata: Annotated[Path | None, typer.Option(
+        help="BigEarthNet v2 metadata.parquet (needs pyarrow); default: v1 per-patch "
+             "<patch>_labels_metadata.json files.")] = None,
+) -> None:
+    """Write a BigEarthNet archive's labels as a one-hot gold file for init-pool --labels.
+
+    \b
+    Examples:
+      alft labels-from-bigearthnet BigEarthNet-v1.0 --out gold19.csv --nomenclature 19
+      alft labels-from-bigearthnet BigEarthNet-S2 --out gold.csv --nomenclature 19 \\
+          --metadata metadata.parquet
+    """
+    from alft_cli import api
+
+    r = api.labels_from_bigearthnet(archive, out_file, nomenclature=nomenclature,
+                                    metadata=metadata)
+    out.print(f"wrote {out_file}: {len(r.rows)} patches, {len(r.classes)} classes "
+              f"({nomenclature}-class nomenclature)")
+    if r.unmapped:
+        out.print(f"{len(r.unmapped)} patches have no class in it and got no row (e.g. "
+                  f"{r.unmapped[0]})")
+    if r.missing:
+        out.print(f"{len(r.missing)} patch folders have no labels (e.g. {r.missing[0]})")
 
 
 @app.command("import-labels")
@@ -419,6 +476,9 @@ def query(
     document_root: DocumentRootOpt = None,
     batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    preview_bands: Annotated[str | None, typer.Option(
+        help="Multi-band projects: the 3 bands (or 1) of the quicklook PNGs, e.g. "
+             "B08,B04,B03 (default: true colour B04,B03,B02 or red,green,blue).")] = None,
 ) -> None:
     """Choose the next images to label with an active-learning strategy.
 
@@ -436,6 +496,7 @@ def query(
     Examples:
       alft query -p proj --budget 20
       alft query -p proj --budget 20 --strategy mge-clustering
+      alft query -p s2proj --budget 20 --preview-bands B08,B04,B03
       torchrun --nproc_per_node=4 -m alft_cli query -p proj --budget 1000
       alft labelstudio push -p proj
     """
@@ -444,7 +505,7 @@ def query(
     r = api.query(project, budget=budget, strategy=strategy, candidates=candidates,
                   seed=seed, out=out_file, fmt=format, force=force, device=device,
                   batch_size=batch_size, image_url_prefix=image_url_prefix,
-                  document_root=document_root)
+                  document_root=document_root, preview_bands=preview_bands)
     if r is None:  # a helper rank under torchrun: rank 0 reports
         return
     for note in r.notes:

@@ -91,7 +91,9 @@ class ProjectConfig(BaseModel):
         return value
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+        # An RGB project's config.json stays exactly what it was before multi-band support.
+        exclude = {"raster"} if self.raster is None else None
+        atomic_write_text(path, self.model_dump_json(indent=2, exclude=exclude) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> ProjectConfig:

@@ -19,12 +19,20 @@ import numpy as np
 
 from alft_cli import __version__
 from alft_cli.atomic import atomic_open, make_temp_dir
-from alft_cli.config import ProjectConfig, check_class_names, parse_class_list
+from alft_cli.config import (
+    ARCHIVE_EXTENSIONS,
+    RASTER_SCHEMA_VERSION,
+    ProjectConfig,
+    RasterConfig,
+    check_class_names,
+    parse_class_list,
+)
 from alft_cli.errors import ArchiveError, LabelFileError, OptionError, ProjectError
 from alft_cli.images import ScanResult, create_cache, decode_many, scan_folder, scan_manifest
 from alft_cli.labels import QueryRow, header_classes, match_keys, read_label_file, write_query_csv
 from alft_cli.progress import reporter
 from alft_cli.project import ARCHIVE_META, Project, archive_location, open_project
+from alft_cli.raster_index import RasterOptions, RasterPlan
 from alft_cli.store import SampleRecord, Store, encode_y, now_iso
 
 
@@ -48,18 +56,30 @@ class InitPoolResult:
 def create_project(
     archive: Path, root: Path, *, classes: list[str], labels_file: Path | str | None,
     val_fraction: float, test_fraction: float, initial: int, image_size: int,
-    in_channels: int, seed: int, workers: int | None, index_from: Path | None,
-    meta: dict[str, str] | None = None,
+    in_channels: int | None, seed: int, workers: int | None, index_from: Path | None,
+    meta: dict[str, str] | None = None, raster: RasterOptions | None = None,
 ) -> InitPoolResult:
     """Index ``archive`` into the new project folder ``root`` (built aside, then renamed);
-    ``meta`` adds store settings (e.g. the share of answers routed to val)."""
+    ``meta`` adds store settings (e.g. the share of answers routed to val).
+
+    8-bit RGB archives are decoded with Pillow into a uint8 cache as they always were;
+    multi-band, 16-bit and band-folder archives (or any ``raster`` option) take the rasterio
+    path of :mod:`alft_cli.raster_index`, which settles layout, bands and scaling first, so a
+    bad option fails before anything is written.
+    """
+    from alft_cli import raster_index
+
     check_new_project_dir(root)
+    plan: RasterPlan | None = None
     if index_from is not None:
         archive_root, scan, manifest = archive.resolve(), None, None
     else:
         archive_root, scan, manifest = scan_archive(archive)
+        if scan.keys:
+            plan = raster_index.plan(archive_root, scan.keys, scan.skipped,
+                                     raster or RasterOptions(), in_channels)
     if scan is not None and not scan.keys:
-        raise ArchiveError(f"{archive}: no images found (.tif/.tiff/.png/.jpg/.jpeg)"
+        raise ArchiveError(f"{archive}: no images found ({'/'.join(ARCHIVE_EXTENSIONS)})"
                            + (f"; {len(scan.skipped)} unusable" if scan.skipped else ""))
 
     # As open as the umask allows (a team shares the project), not mkdtemp's drwx------.
@@ -69,7 +89,8 @@ def create_project(
     try:
         result = _build_project(
             tmp_root, archive_root, manifest, scan, classes, labels_file, val_fraction,
-            test_fraction, initial, image_size, in_channels, seed, workers, index_from, meta)
+            test_fraction, initial, image_size, in_channels, seed, workers, index_from, meta,
+            plan)
         _move_into_place(tmp_root, root)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -120,7 +141,7 @@ def scan_archive(archive: Path) -> tuple[Path, ScanResult, Path | None]:
     if not archive.exists():
         raise ArchiveError(f"archive {archive} does not exist")
     if archive.is_dir():
-        return archive.resolve(), scan_folder(archive), None
+        return archive.resolve(), scan_folder(archive, ARCHIVE_EXTENSIONS), None
     if archive.suffix.lower() == ".csv":
         return archive.parent.resolve(), scan_manifest(archive, strict=True), archive.resolve()
     raise ArchiveError(f"{archive}: give a folder of images or a manifest CSV with a "
@@ -130,16 +151,28 @@ def scan_archive(archive: Path) -> tuple[Path, ScanResult, Path | None]:
 def _build_project(
     tmp_root: Path, archive_root: Path, manifest: Path | None, scan: ScanResult | None,
     classes: list[str], labels_file: Path | str | None, val_fraction: float,
-    test_fraction: float, initial: int, image_size: int, in_channels: int, seed: int,
+    test_fraction: float, initial: int, image_size: int, in_channels: int | None, seed: int,
     workers: int | None, index_from: Path | None = None,
-    meta: dict[str, str] | None = None,
+    meta: dict[str, str] | None = None, plan: RasterPlan | None = None,
 ) -> InitPoolResult:
+    from alft_cli import raster_index
+
     (tmp_root / "cache").mkdir()
+    spec: RasterConfig | None = None
     if index_from is not None:
-        records, skipped, mean, std = _reuse_index(tmp_root, index_from, archive_root,
-                                                   image_size, in_channels)
+        records, skipped, mean, std, spec = _reuse_index(tmp_root, index_from, archive_root,
+                                                         image_size, in_channels)
+        in_channels = len(spec.bands) if spec is not None else (in_channels or 3)
+    elif plan is not None:
+        indexed = raster_index.index(plan, archive_root, tmp_root / "cache" / "images.npy",
+                                     image_size, seed, workers)
+        records, skipped, mean, std = (indexed.records, indexed.skipped, indexed.mean,
+                                       indexed.std)
+        spec = indexed.spec
+        in_channels = len(spec.bands)
     else:
         assert scan is not None
+        in_channels = in_channels or 3
         records, skipped, mean, std = _index_archive(tmp_root, archive_root, scan, image_size,
                                                      in_channels, workers)
     gold: dict[int, str] = {}
@@ -155,7 +188,10 @@ def _build_project(
         classes=classes, image_size=image_size, in_channels=in_channels, seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, initial=initial,
         mean=mean, std=std,
-        created_at=now_iso(),
+        created_at=now_iso(), raster=spec,
+        # Only multi-band projects need the newer config schema; RGB ones stay readable by
+        # every alft.
+        **({"schema_version": RASTER_SCHEMA_VERSION} if spec is not None else {}),
     )
     config.save(tmp_root / "config.json")
     store = Store.create(tmp_root / Store.FILENAME)
@@ -178,7 +214,16 @@ def _build_project(
                 chosen = rng.choice(pool_ids, size=n_initial, replace=False)
                 query_path = project.round_dir(0) / "query.csv"
                 keys = dict((row, rec.key) for row, rec in records)
-                write_query_csv(query_path, [QueryRow(keys[int(s)], i + 1, 0.0, -1, None)
+                quick: dict[str, str] = {}
+                if spec is not None:
+                    # People cannot open a 12-band file: the initial list gets quicklooks too.
+                    from alft_cli import quicklooks
+
+                    quick = quicklooks.for_query(project, [int(s) for s in chosen],
+                                                 [keys[int(s)] for s in chosen],
+                                                 query_path.parent / quicklooks.FOLDER)
+                write_query_csv(query_path, [QueryRow(keys[int(s)], i + 1, 0.0, -1, None,
+                                                      quick.get(keys[int(s)]))
                                              for i, s in enumerate(chosen)], classes)
                 store.add_round(0, "random", n_initial, seed, None,
                                 project.relative(query_path))
@@ -236,16 +281,17 @@ def _index_archive(tmp_root: Path, archive_root: Path, scan: ScanResult, image_s
 
 
 def _reuse_index(tmp_root: Path, source: Path, archive_root: Path, image_size: int,
-                 in_channels: int
+                 in_channels: int | None
                  ) -> tuple[list[tuple[int, SampleRecord]], list[tuple[str, str]], list[float],
-                            list[float]]:
+                            list[float], RasterConfig | None]:
     """Share another project's index and decode cache (same archive and size): simulate
-    makes one project per run without decoding the archive again."""
+    makes one project per run without decoding the archive again. Its raster settings
+    (bands, scaling) come along: they describe the cache."""
     src = open_project(source, readonly=True)
     try:
         cfg = src.config
         if (Path(cfg.archive) != archive_root or cfg.image_size != image_size
-                or cfg.in_channels != in_channels):
+                or (in_channels is not None and cfg.in_channels != in_channels)):
             raise OptionError(f"{source} indexes another archive or image size")
         records = [(row, rec) for row, rec, _ in src.store.sample_records()]
         skipped = src.store.skipped()
@@ -254,7 +300,7 @@ def _reuse_index(tmp_root: Path, source: Path, archive_root: Path, image_size: i
             os.link(src.cache_path, target)
         except OSError:  # another file system: a symlink works as well for reading
             os.symlink(src.cache_path.resolve(), target)
-        return records, skipped, list(cfg.mean), list(cfg.std)
+        return records, skipped, list(cfg.mean), list(cfg.std), cfg.raster
     finally:
         src.close()
 

@@ -90,3 +90,52 @@ def write(folder: Path, rank: int, key: str, bands: np.ndarray) -> Path:
     path = folder / file_name(rank, key)
     Image.fromarray(render(bands)).save(path, "PNG")
     return path
+
+
+def for_query(project: object, ids: Sequence[int], keys: Sequence[str], folder: Path,
+              wanted: str | Sequence[str] | None = None) -> dict[str, str]:
+    """Write the quicklooks of a query's samples (rank = position + 1) into ``folder``.
+
+    The bands come from the decode cache when the project uses them, else they are read
+    from the archive (e.g. true colour for a project trained on B08, B11, B12 only).
+
+    Returns:
+        key -> the quicklook's path relative to ``folder``'s parent (the query file's folder).
+    """
+    from alft_cli import rasters
+    from alft_cli.data import CachedImages
+
+    raster = project.config.raster  # type: ignore[attr-defined]
+    chosen = preview_bands(raster.band_names, wanted)
+    out: dict[str, str] = {}
+    if all(b in raster.bands for b in chosen):
+        index = [raster.bands.index(b) for b in chosen]
+        images = CachedImages(project.cache_path).read(np.asarray(ids, dtype=np.int64))  # type: ignore[attr-defined]
+        for rank, (key, image) in enumerate(zip(keys, images), start=1):
+            path = write(folder, rank, key, image[index].astype(np.float32))
+            out[key] = path.relative_to(folder.parent).as_posix()
+        return out
+    spec = raster.model_copy(update={
+        "bands": chosen, "band_indexes": [raster.band_names.index(b) + 1 for b in chosen],
+        "scale_lo": [0.0] * len(chosen), "scale_hi": [1.0] * len(chosen)})
+    root = project.archive  # type: ignore[attr-defined]
+    size = project.config.image_size  # type: ignore[attr-defined]
+    for rank, key in enumerate(keys, start=1):
+        try:
+            raw, mask, _ = rasters.read_sample(root, rasters.sample_for(root, key, spec.layout),
+                                               spec, size)
+        except (rasters.RasterError, OSError):
+            continue  # the archive changed since init-pool; the row keeps no quicklook
+        raw[mask] = np.nan
+        path = write(folder, rank, key, raw)
+        out[key] = path.relative_to(folder.parent).as_posix()
+    return out
+
+
+def initial_quicklook(project: object, query_file: Path, rank: int, key: str) -> str | None:
+    """The quicklook init-pool wrote for the initial list's row ``rank`` (relative to the
+    query file's folder), or None (an RGB project, or none was written)."""
+    if project.config.raster is None:  # type: ignore[attr-defined]
+        return None
+    rel = f"{FOLDER}/{file_name(rank, key)}"
+    return rel if (query_file.parent / rel).is_file() else None

@@ -190,6 +190,23 @@ def group_layout(keys: Sequence[str], skipped: Sequence[tuple[str, str]], layout
     return RasterScan("band-folder", samples, sorted(out_skipped))
 
 
+def sample_for(root: Path, key: str, layout: str) -> Sample:
+    """The :class:`Sample` of an indexed key (a file, or a band folder listed again)."""
+    if layout == "file":
+        return Sample(key, {"": key})
+    folder = root / key
+    files: dict[str, str] = {}
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        names = []
+    for name in names:
+        parsed = band_of(name)
+        if parsed is not None:
+            files.setdefault(parsed[1], f"{key}/{name}" if key != "." else name)
+    return Sample(key, dict(sorted(files.items(), key=_band_sort)))
+
+
 def _band_sort(item: tuple[str, str]) -> int:
     return S2_BANDS.index(item[0]) if item[0] in S2_BANDS else len(S2_BANDS)
 

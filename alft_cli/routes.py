@@ -80,8 +80,12 @@ def pretrain_project(project: Project, cfg: Any, device: Any, *, restart: bool,
                                      "resume": cfg.resume and ckpt.exists()})
     ids = np.concatenate([project.store.sample_ids(s) for s in ("pool", "val", "test")])
     ids.sort()
+    from alft_cli.augment import view_recipe
+
+    raster = project.config.raster
+    views = view_recipe(project.config.in_channels, raster.bands if raster else None)
     outcome = run_pretrain(project.cache_path, ids, out_dir, cfg, project.config.mean,
-                           project.config.std, device, init_backbone=init_state)
+                           project.config.std, device, init_backbone=init_state, views=views)
     if is_main and not outcome.interrupted:
         _record_pretrained(project, cfg, method, epochs, out_dir / BACKBONE,
                            outcome.final_loss, outcome.seconds, device, init_weights,

@@ -32,7 +32,7 @@ from alft_cli.labels.base import (
     read_text,
 )
 
-QUERY_COLUMNS = ("rank", "score", "cluster", "suggested")
+QUERY_COLUMNS = ("rank", "score", "cluster", "suggested", "quicklook")
 
 # Other words people type to mean "nothing here". They are refused, with a hint, rather than
 # guessed: "no" or "0" may as well be a slip, and the list format spells nothing as "none".

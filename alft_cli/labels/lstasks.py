@@ -95,6 +95,25 @@ def image_url_function(archive: Path, *, prefix: str | None = None,
     return lambda key: base + quote(PurePosixPath(key).as_posix(), safe="/")
 
 
+def with_quicklooks(image_url: Callable[[str], str], rows: Sequence[QueryRow], folder: Path,
+                    prefix: str | None = None, root: Path | str | None = None
+                    ) -> Callable[[str], str]:
+    """``image_url``, except that rows with a quicklook (multi-band samples, which no browser
+    shows) point to their PNG: ``prefix`` + its path relative to ``folder`` (the query file's
+    folder) when a prefix is given, else its local-files URL (``folder`` must then be below
+    the document root too).
+    """
+    quick = {r.filename: r.quicklook for r in rows if r.quicklook}
+    if not quick:
+        return image_url
+    if prefix:
+        return lambda key: (prefix + quote(quick[key], safe="/") if key in quick
+                            else image_url(key))
+    base = document_root(root)
+    return lambda key: (local_files_url(folder / quick[key], base) if key in quick
+                        else image_url(key))
+
+
 def label_studio_tasks(rows: Sequence[QueryRow], classes: Sequence[str],
                        image_url: Callable[[str], str], model_version: str,
                        *, round_: int | None = None, size: int | None = None,
@@ -182,7 +201,8 @@ def write_label_studio_files(query_path: Path, rows: Sequence[QueryRow], classes
     Raises:
         OptionError: If the archive is not below the document root (without a prefix).
     """
-    image_url = image_url_function(archive, prefix=image_url_prefix, root=root)
+    image_url = with_quicklooks(image_url_function(archive, prefix=image_url_prefix, root=root),
+                                rows, query_path.parent, image_url_prefix, root)
     tasks = query_path.with_suffix(".label-studio.json")
     write_label_studio_tasks(tasks, rows, classes, image_url, model_version, round_=round_)
     config_xml = query_path.with_name("label-studio-config.xml")

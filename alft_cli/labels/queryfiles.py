@@ -28,6 +28,8 @@ class QueryRow:
         cluster: The cluster the image was drawn from (-1 when there is none).
         probabilities: The model's per-class probabilities, or None when there is no model
             yet (the random initial set).
+        quicklook: An RGB preview PNG of a multi-band sample, relative to the query file's
+            folder (None for images people can open as they are).
     """
 
     filename: str
@@ -35,6 +37,7 @@ class QueryRow:
     score: float
     cluster: int
     probabilities: Sequence[float] | None = None
+    quicklook: str | None = None
 
 
 def suggested_classes(probabilities: Sequence[float] | None, classes: Sequence[str]) -> list[str]:
@@ -50,8 +53,9 @@ def suggested_classes(probabilities: Sequence[float] | None, classes: Sequence[s
 def write_query_csv(path: Path, rows: Sequence[QueryRow], classes: Sequence[str]) -> None:
     """Write the to-label file: one row per image, in rank order as given.
 
-    Columns: ``filename,rank,score,cluster,labels`` then ``p_<class>`` per class. The
-    ``p_`` columns are left out when no row has probabilities (the random initial set).
+    Columns: ``filename,rank,score,cluster,labels`` (then ``quicklook``, the preview PNG of
+    a multi-band sample, when rows have one) then ``p_<class>`` per class. The ``p_``
+    columns are left out when no row has probabilities (the random initial set).
     ``labels`` is pre-filled with the suggested classes (p >= 0.5, joined by ``;``; ``none``
     when no class reaches 0.5), so that importing the file unchanged means accepting the
     suggestions. It is empty without a model: an empty cell is no answer.
@@ -67,7 +71,10 @@ def write_query_csv(path: Path, rows: Sequence[QueryRow], classes: Sequence[str]
     """
     names = check_writable_classes(classes)
     with_p = any(r.probabilities is not None for r in rows)
+    with_quicklook = any(r.quicklook for r in rows)
     header = ["filename", "rank", "score", "cluster", "labels"]
+    if with_quicklook:
+        header.append("quicklook")
     if with_p:
         header += [f"p_{c}" for c in names]
     lines = []
@@ -77,6 +84,8 @@ def write_query_csv(path: Path, rows: Sequence[QueryRow], classes: Sequence[str]
         suggested = ("" if r.probabilities is None else
                      LABEL_SEPARATOR.join(suggested_classes(r.probabilities, names)) or NOTHING)
         line = [r.filename, int(r.rank), fmt_float(r.score, ".6g"), int(r.cluster), suggested]
+        if with_quicklook:
+            line.append(r.quicklook or "")
         if with_p and r.probabilities is None:
             line += [""] * len(names)
         elif with_p:
