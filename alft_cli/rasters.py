@@ -291,14 +291,18 @@ def wants_rasterio(scan_keys: Sequence[str], layout: str, options_given: bool,
     """Whether an archive needs the raster path (rasterio, archive-wide scaling) rather than
     the Pillow path that 8-bit RGB archives have always taken (kept for them unchanged).
 
-    The raster path is taken for band folders, JPEG 2000, any raster option, and for TIFFs
-    that are not 8-bit or have other than 1 or 3 bands (a few spread over the archive are
-    looked at).
+    The raster path is taken for band folders, JPEG 2000, any raster option, and for an
+    archive of TIFFs only (no JPEG/PNG) whose TIFFs are not 8-bit or have other than 1 or 3
+    bands (a few spread over the archive are looked at). An archive that mixes JPEG/PNG with
+    odd TIFFs stays on the Pillow path, where such a file gets the per-image stretch it always
+    got; ``--scale`` or ``--bands`` moves it to the raster path.
     """
     if layout == "band-folder" or options_given:
         return True
     if any(k.lower().endswith(".jp2") for k in scan_keys):
         return True
+    if any(k.lower().endswith((".png", ".jpg", ".jpeg")) for k in scan_keys):
+        return False
     tiffs = [k for k in scan_keys if k.lower().endswith((".tif", ".tiff"))]
     if not tiffs:
         return False

@@ -308,6 +308,21 @@ def test_wants_rasterio(tiny_archive, s2):
     assert rasters.wants_rasterio(fkeys, "file", False, s2["file"].root)
 
 
+def test_a_16_bit_archive_takes_the_raster_path_unless_mixed_with_jpeg_png(tmp_path):
+    """An archive of 16-bit TIFFs gets the archive-wide scaling (no per-image stretch); an
+    8-bit archive with the odd 16-bit TIFF keeps the Pillow path it always had."""
+    from PIL import Image
+
+    for i in range(3):
+        _write(tmp_path / f"g{i}.tif", np.full((1, 16, 16), 1000 * i, np.uint16))
+    keys = scan_folder(tmp_path).keys
+    assert rasters.wants_rasterio(keys, "file", False, tmp_path)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "rgb.png")
+    keys = scan_folder(tmp_path).keys
+    assert not rasters.wants_rasterio(keys, "file", False, tmp_path)
+    assert rasters.wants_rasterio(keys, "file", True, tmp_path)
+
+
 def test_rgb_colour_interpretation_names_bands(tmp_path):
     data = np.zeros((3, 16, 16), np.uint8)
     _write(tmp_path / "a.tif", data)

@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,59 @@ def test_labels_from_bigearthnet(small, tmp_path, cli):
                   val_fraction=0, test_fraction=0)
     with pytest.raises(AlftError):
         api.labels_from_bigearthnet(small.root, out, nomenclature=19)  # exists
+
+
+# --------------------------------------------------------------------------------------------
+# the whole loop through the CLI, both layouts
+# --------------------------------------------------------------------------------------------
+def _answer(proj: Path, gold_csv: Path, out: Path) -> None:
+    with gold_csv.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    gold = {r[0]: r[1:] for r in rows[1:]}
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(rows[0])
+        for key in api.status(proj)["pending"]:
+            writer.writerow([key, *gold[key]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["band-folder", "file"])
+def test_end_to_end_cli(tmp_path, cli, layout):
+    """init-pool -> pretrain -> finetune -> query (quicklooks) -> import -> finetune -> export
+    -> tag on the synthetic Sentinel-2 archive, every step through the real command."""
+    data, proj = tmp_path / "s2", tmp_path / "proj"
+
+    def ok(*args):
+        r = cli(*args)
+        assert r.code == 0, f"{args[0]}: {r.stderr}"
+        return r
+
+    ok("demo-data", data, "--bands", "12", "-n", "36", "--image-size", SIZE, "--layout", layout)
+    ok("init-pool", data / "images", "-p", proj, "--labels", data / "labels.csv",
+       "--initial", "8", "--image-size", SIZE)
+    assert len(list((proj / "rounds" / "round_000" / "quicklooks").glob("*.png"))) == 8
+    _answer(proj, data / "labels.csv", tmp_path / "a0.csv")
+    ok("import-labels", tmp_path / "a0.csv", "-p", proj)
+    ok("pretrain", "-p", proj, "--backbone", "resnet18", "--epochs", "1", "--batch-size", "8",
+       "--hidden-dim", "32", "--proj-dim", "16", "--device", "cpu")
+    ok("finetune", "-p", proj, "--epochs", "1", "--batch-size", "4", "--init", "pretrained",
+       "--device", "cpu")
+    r = ok("query", "-p", proj, "--budget", "4", "--format", "label-studio", "--device", "cpu")
+    query = next(p for p in (proj / "rounds").rglob("query.csv") if "round_001" in str(p))
+    with query.open(newline="", encoding="utf-8") as handle:
+        queried = list(csv.DictReader(handle))
+    assert len(queried) == 4 and all((query.parent / q["quicklook"]).is_file() for q in queried)
+    assert "label studio" in r.stdout
+    _answer(proj, data / "labels.csv", tmp_path / "a1.csv")
+    ok("import-labels", tmp_path / "a1.csv", "-p", proj)
+    ok("finetune", "-p", proj, "--epochs", "1", "--batch-size", "4", "--device", "cpu")
+    ok("export", "-p", proj)
+    model = next((proj / "exports").glob("*.onnx"))
+    ok("tag", model, data / "images", "--out", tmp_path / "tags.csv", "--device", "cpu")
+    with (tmp_path / "tags.csv").open(newline="", encoding="utf-8") as handle:
+        tagged = list(csv.DictReader(handle))
+    assert sorted(t["filename"] for t in tagged) == sorted(
+        p.name for p in (data / "images").iterdir() if p.is_dir() or p.suffix == ".tif")
+    status = json.loads(ok("status", "-p", proj, "--json").stdout)
+    assert status["labeled"] == 12 and len(status["rounds"]) == 2
