@@ -22,8 +22,6 @@ from alft_cli.images import create_cache
 from alft_cli.progress import reporter
 from alft_cli.store import SampleRecord
 
-#: Raw reads kept from the percentile pass for the cache pass, at most this many bytes.
-RETAIN_BYTES = 128 * 2**20
 CACHE_DTYPE = np.float16
 
 
@@ -117,7 +115,7 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
     """Read every sample once into a float16 ``(N, C, S, S)`` cache of scaled 0..255 values.
 
     With percentile scaling, a seeded sample of the archive is read first to fix the range;
-    those reads are kept (up to :data:`RETAIN_BYTES`) and not read again.
+    those reads are parked in a temporary file and not read again.
 
     Raises:
         ArchiveError: no sample could be read, or the percentile sample has a band without
@@ -125,27 +123,26 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
     """
     samples = plan_.scan.samples
     n = len(samples)
-    retained: dict[int, rasters.RasterItem] = {}
     fixed = rasters.fixed_range(plan_.scale, len(plan_.bands))
     used = 0
+    kept: _Kept | None = None
     if fixed is None:
-        # A provisional spec: reading needs the layout, bands and nodata, not the range.
+        # The percentile sample is read first (the range must be known before anything can be
+        # scaled); its raw reads are parked in a temporary file next to the cache, so every
+        # file of the archive is still read exactly once.
         reader = spec_of(plan_, [0.0] * len(plan_.bands), [1.0] * len(plan_.bands))
         picks = rasters.percentile_sample(n, seed)
-        reads: list[tuple[np.ndarray, np.ndarray]] = []
-        kept_bytes = 0
+        kept = _Kept(cache_path.parent / ".percentile-sample.npy", len(picks),
+                     len(plan_.bands), size)
         with reporter().task("sampling for the percentile scaling", total=len(picks)) as task:
             for pos, item in zip(picks, rasters.read_many(
                     root, [samples[int(i)] for i in picks], reader, size, workers)):
                 task.advance(1)
-                if item.raw is None:
-                    continue
-                reads.append((item.raw, item.mask))
-                if kept_bytes + item.raw.nbytes + item.mask.nbytes <= RETAIN_BYTES:
-                    retained[int(pos)] = item
-                    kept_bytes += item.raw.nbytes + item.mask.nbytes
+                kept.add(int(pos), item)
+        reads = kept.reads()
         if not reads:
-            reasons = [i.reason for i in retained.values()]
+            reasons = [i.reason for i in kept.items.values() if i.reason]
+            kept.close()
             raise ArchiveError(f"{root}: none of the {len(picks)} samples read for the "
                                f"percentile scaling is usable" + (f" ({reasons[0]})"
                                                                   if reasons else ""))
@@ -155,29 +152,33 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
         lo, hi = fixed
     spec = spec_of(plan_, lo, hi, used)
     channels = len(spec.bands)
-    cache = create_cache(cache_path, n, channels, size, CACHE_DTYPE)
+    cache = _CacheWriter(cache_path, n, channels, size)
     records: list[tuple[int, SampleRecord]] = []
     skipped = list(plan_.scan.skipped)
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
-    rest = rasters.read_many(root, [s for i, s in enumerate(samples) if i not in retained],
+    parked = kept.items if kept is not None else {}
+    rest = rasters.read_many(root, [s for i, s in enumerate(samples) if i not in parked],
                              spec, size, workers)
     with reporter().task("decoding archive", total=n) as task:
         for row in range(n):
-            item = retained.pop(row) if row in retained else next(rest)
+            item = kept.pop(row) if kept is not None and row in parked else next(rest)
             task.advance(1)
             if item.raw is None or item.mask is None:
                 skipped.append((item.key, item.reason or "unreadable"))
                 continue
             scaled = rasters.scale_bands(item.raw, item.mask, spec.scale_lo, spec.scale_hi)
-            cache[row] = scaled
-            flat = scaled.reshape(channels, -1).astype(np.float64)
-            total += flat.sum(1)
-            total_sq += (flat ** 2).sum(1)
+            cache.write(row, scaled)
+            # Per-sample sums in float32 (pairwise summation: accurate for one sample), the
+            # running totals in float64.
+            flat = scaled.reshape(channels, -1)
+            total += flat.sum(1, dtype=np.float64)
+            total_sq += np.einsum("ij,ij->i", flat, flat)
             records.append((row, SampleRecord(item.key, item.size, item.mtime_ns, item.sha256,
                                               item.width, item.height, None)))
-    cache.flush()
-    del cache
+    cache.close()
+    if kept is not None:
+        kept.close()
     if not records:
         first = skipped[0] if skipped else ("?", "unreadable")
         raise ArchiveError(f"{root}: none of the {n} samples could be read "
@@ -187,6 +188,80 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
     std = np.sqrt(np.maximum(total_sq / n_pixels - mean ** 2, 1e-6))
     return RasterIndex(records, sorted(skipped), [float(m) for m in mean / 255.0],
                        [float(v) for v in std / 255.0], spec)
+
+
+#: Parked percentile-sample reads stay in memory up to this size, else go to a temp file.
+PARK_IN_MEMORY = 512 * 2**20
+
+
+class _Kept:
+    """Raw reads of the percentile sample, parked until the range is known: the arrays as
+    read when they fit in :data:`PARK_IN_MEMORY` (no copy), else in a temporary file next to
+    the cache."""
+
+    def __init__(self, path: Path, k: int, channels: int, size: int) -> None:
+        self.path = path
+        self.mask_path = path.with_name(path.stem + "-mask.npy")
+        shape = (max(k, 1), channels, size, size)
+        self.raw: np.ndarray | None = None
+        self.mask: np.ndarray | None = None
+        if np.prod(shape) * 5 > PARK_IN_MEMORY:
+            self.raw = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                 shape=shape)
+            self.mask = np.lib.format.open_memmap(self.mask_path, mode="w+", dtype=bool,
+                                                  shape=shape)
+        self.items: dict[int, rasters.RasterItem] = {}
+        self.slot: dict[int, int] = {}
+
+    def add(self, pos: int, item: rasters.RasterItem) -> None:
+        if self.raw is not None and self.mask is not None and item.raw is not None \
+                and item.mask is not None:
+            slot = len(self.slot)
+            self.raw[slot] = item.raw
+            self.mask[slot] = item.mask
+            self.slot[pos] = slot
+            item = rasters.RasterItem(item.key, None, None, item.width, item.height, None,
+                                      item.size, item.mtime_ns, item.sha256)
+        self.items[pos] = item
+
+    def reads(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.raw is not None and self.mask is not None:
+            return [(self.raw[s], self.mask[s]) for s in self.slot.values()]
+        return [(i.raw, i.mask) for i in self.items.values()
+                if i.raw is not None and i.mask is not None]
+
+    def pop(self, pos: int) -> rasters.RasterItem:
+        item = self.items.pop(pos)
+        slot = self.slot.get(pos)
+        if slot is None or self.raw is None or self.mask is None:
+            return item
+        return rasters.RasterItem(item.key, self.raw[slot], self.mask[slot], item.width,
+                                  item.height, None, item.size, item.mtime_ns, item.sha256)
+
+    def close(self) -> None:
+        self.raw = self.mask = None
+        self.items.clear()
+        self.path.unlink(missing_ok=True)
+        self.mask_path.unlink(missing_ok=True)
+
+
+class _CacheWriter:
+    """Writes cache rows in order with plain file writes: faster than assigning into a fresh
+    memory map (a page fault per 4 KiB), and rows never written stay zero."""
+
+    def __init__(self, path: Path, n: int, channels: int, size: int) -> None:
+        cache = create_cache(path, n, channels, size, CACHE_DTYPE)
+        self.offset = cache.offset
+        self.row_bytes = channels * size * size * np.dtype(CACHE_DTYPE).itemsize
+        del cache
+        self.handle = open(path, "r+b")  # noqa: SIM115 - closed in close()
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        self.handle.seek(self.offset + row * self.row_bytes)
+        values.astype(CACHE_DTYPE).tofile(self.handle)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 def cache_bytes_per_sample(channels: int, size: int) -> int:

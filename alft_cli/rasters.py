@@ -58,7 +58,7 @@ REFLECTANCE_DN = 10000.0
 PERCENTILES = (2.0, 98.0)
 #: Samples the percentile scaling is computed on (seeded), and pixels kept per sample.
 PERCENTILE_SAMPLES = 256
-PERCENTILE_PIXELS = 4096
+PERCENTILE_PIXELS = 2048
 RESAMPLING = "bilinear"
 #: Band-folder members that are not bands and not to be reported as unusable files.
 _SIDECARS = re.compile(r"(_labels_metadata\.json|\.aux\.xml|\.ovr|\.msk|\.tfw|\.prj|"
@@ -395,9 +395,11 @@ def _rasterio() -> object:
     from rasterio.errors import NotGeoreferencedWarning
 
     # Plain TIFFs and PNGs have no georeference; alft does not need one. A process-wide filter
-    # for this category only (catch_warnings is not thread-safe and reads run in threads);
-    # filterwarnings replaces an identical filter, so repeating it does not grow the list.
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    # for this category only (catch_warnings is not thread-safe and reads run in threads),
+    # added when missing (adding it again on every read would invalidate the warnings
+    # caches each time).
+    if not any(f[2] is NotGeoreferencedWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     return rasterio
 
 
@@ -412,16 +414,21 @@ class _open:  # noqa: N801 - a context manager used like open()
     def __enter__(self) -> object:
         rasterio = self.rasterio
         try:
-            if self.path.stat().st_size == 0:
-                raise RasterError("empty file (0 bytes)")
             self.src = rasterio.open(self.path)  # type: ignore[attr-defined]
-        except RasterError:
-            raise
         except PermissionError as exc:
             raise RasterError("permission denied") from exc
         except FileNotFoundError as exc:
             raise RasterError("not found") from exc
         except Exception as exc:  # rasterio's RasterioIOError and GDAL's CPLE_* errors
+            # Why it failed is looked at only when it did (a stat per file costs at scale).
+            try:
+                empty = self.path.stat().st_size == 0
+            except OSError:
+                empty = False
+            if empty:
+                raise RasterError("empty file (0 bytes)") from exc
+            if not self.path.exists():
+                raise RasterError("not found") from exc
             raise RasterError(f"not a readable raster ({_short(exc)})") from exc
         return self.src
 
@@ -453,7 +460,7 @@ def read_sample(root: Path, sample: Sample, spec: RasterConfig, size: int
             raw = _read(src, list(spec.band_indexes), size, resampling)
             nodata = spec.nodata if spec.nodata is not None else src.nodata
             width, height = src.width, src.height
-        mask = _mask(raw, nodata)
+        mask = _mask(raw, nodata, spec.dtype)
     else:
         missing = [b for b in spec.bands if b not in sample.files]
         if missing:
@@ -471,7 +478,7 @@ def read_sample(root: Path, sample: Sample, spec: RasterConfig, size: int
                 raw[i] = _read(src, [1], size, resampling)[0]
                 nodata = spec.nodata if spec.nodata is not None else src.nodata
                 width, height = max(width, src.width), max(height, src.height)
-            mask[i] = _mask(raw[i], nodata)
+            mask[i] = _mask(raw[i], nodata, spec.dtype)
     if mask.all():
         raise RasterError("every pixel is nodata, NaN or inf")
     return raw, mask, (width, height)
@@ -493,8 +500,10 @@ def _read(src: object, indexes: list[int], size: int, resampling: object) -> np.
         raise RasterError(f"corrupt or truncated raster ({_short(exc)})") from exc
 
 
-def _mask(raw: np.ndarray, nodata: float | None) -> np.ndarray:
-    mask = ~np.isfinite(raw)
+def _mask(raw: np.ndarray, nodata: float | None, dtype: str = "float32") -> np.ndarray:
+    # Integer data read (and resampled) as float32 is always finite: the NaN test is needed
+    # only for float sources.
+    mask = ~np.isfinite(raw) if dtype.startswith("float") else np.zeros(raw.shape, bool)
     if nodata is not None and math.isfinite(nodata):
         mask |= raw == np.float32(nodata)
     return mask
@@ -515,10 +524,15 @@ def scale_bands(raw: np.ndarray, mask: np.ndarray, lo: Sequence[float],
     """
     lo_a = np.asarray(lo, dtype=np.float32).reshape(-1, 1, 1)
     span = np.asarray(hi, dtype=np.float32).reshape(-1, 1, 1) - lo_a
+    # The formula above step by step, in place (one array, no temporaries): same float32
+    # operations in the same order, so the same values as the one-line expression.
+    out = np.subtract(raw, lo_a, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        out = np.clip((raw - lo_a) / span, np.float32(0), np.float32(1)) * np.float32(255)
+        out /= span
+    np.clip(out, np.float32(0), np.float32(1), out=out)
+    out *= np.float32(255)
     out[mask] = 0.0
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 def model_input(root: Path, sample: Sample, spec: RasterConfig, size: int) -> np.ndarray:
@@ -567,7 +581,9 @@ def percentile_range(reads: Iterable[tuple[np.ndarray, np.ndarray]], seed: int,
         for b in range(raw.shape[0]):
             values = flat[b][valid[b]]
             if values.size > PERCENTILE_PIXELS:
-                values = values[rng.choice(values.size, PERCENTILE_PIXELS, replace=False)]
+                # With replacement: as good for a percentile, and far cheaper than a
+                # permutation of every pixel of every band of every sample.
+                values = values[rng.integers(0, values.size, PERCENTILE_PIXELS)]
             per_band[b].append(values)
     lo: list[float] = []
     hi: list[float] = []
@@ -576,7 +592,7 @@ def percentile_range(reads: Iterable[tuple[np.ndarray, np.ndarray]], seed: int,
         if values.size == 0:
             raise ArchiveError(f"band {b + 1} has no valid pixel in the {used} samples the "
                                "percentile scaling looked at (all nodata?)")
-        low, high = np.percentile(values.astype(np.float64), q)
+        low, high = (float(v) for v in np.percentile(values, q))
         if not high > low:
             high = low + 1.0
         lo.append(float(low))
