@@ -60,6 +60,10 @@ def _check_files(project: Project, records: list, verify_hashes: bool,
         problems.append(f"archive folder not found: {archive} (moved? point the project at "
                         f"its new place with: alft relocate -p {project.root} NEW_PATH)")
         return
+    raster = project.config.raster
+    if raster is not None and raster.layout == "band-folder":
+        _check_band_folders(project, records, verify_hashes, problems)
+        return
     for _sid, rec, _split in records:
         path = archive / rec.key
         try:
@@ -75,6 +79,31 @@ def _check_files(project: Project, records: list, verify_hashes: bool,
 
             if file_sha256(path) != rec.sha256:
                 problems.append(f"image {rec.key}: content changed since indexing")
+
+
+def _check_band_folders(project: Project, records: list, verify_hashes: bool,
+                        problems: list[str]) -> None:
+    """A band-folder sample is its selected band files: sizes summed, hashes combined."""
+    from alft_cli import rasters
+
+    archive, raster = project.archive, project.config.raster
+    for _sid, rec, _split in records:
+        sample = rasters.sample_for(archive, rec.key, "band-folder")
+        files = rasters.sample_files(sample, raster)
+        if len(files) != len(raster.bands):
+            problems.append(f"sample {rec.key}: band files missing from the archive "
+                            f"{archive}")
+            continue
+        try:
+            size, _, digest = rasters.fingerprint(archive, files, verify_hashes)
+        except OSError:
+            problems.append(f"sample {rec.key}: unreadable band file in {archive}")
+            continue
+        if size != rec.size:
+            problems.append(f"sample {rec.key}: size changed ({rec.size} -> {size} bytes) "
+                            "since indexing")
+        elif verify_hashes and digest != rec.sha256:
+            problems.append(f"sample {rec.key}: content changed since indexing")
 
 
 def _check_labels(project: Project, problems: list[str],

@@ -618,6 +618,34 @@ class RasterItem:
     sha256: str = ""
 
 
+def sample_files(sample: Sample, spec: RasterConfig) -> list[str]:
+    """The files a sample is read from: its one file, or its selected bands' files."""
+    if spec.layout == "file":
+        return list(sample.files.values())
+    return [sample.files[b] for b in spec.bands if b in sample.files]
+
+
+def fingerprint(root: Path, files: Sequence[str], hash_files: bool = True
+                ) -> tuple[int, int, str]:
+    """``(size, mtime_ns, sha256)`` of a sample: of its file, or for a band folder the sum
+    of the sizes, the latest mtime and the SHA-256 of the band files' SHA-256s in order.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    import hashlib
+
+    from alft_cli.images import file_sha256
+
+    stats = [(root / f).stat() for f in files]
+    digest = ""
+    if hash_files:
+        digests = [file_sha256(root / f) for f in files]
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256(
+            "".join(digests).encode()).hexdigest()
+    return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats), digest
+
+
 def read_many(root: Path, samples: Sequence[Sample], spec: RasterConfig, size: int,
               workers: int | None = None, hash_files: bool = True) -> Iterator[RasterItem]:
     """Read ``samples`` in threads (GDAL releases the GIL while it reads), in input order.
@@ -625,24 +653,12 @@ def read_many(root: Path, samples: Sequence[Sample], spec: RasterConfig, size: i
     At most ``4 * workers`` results are in flight. File size and mtime of a band folder are
     the sum and the latest of its band files'; its hash covers the band files in band order.
     """
-    import hashlib
-
-    from alft_cli.images import file_sha256
-
     workers = workers or max(1, min(8, os.cpu_count() or 1))
 
     def work(sample: Sample) -> RasterItem:
-        files = list(sample.files.values()) if spec.layout == "file" else [
-            sample.files[b] for b in spec.bands if b in sample.files]
         try:
-            stats = [(root / f).stat() for f in files]
             raw, mask, (w, h) = read_sample(root, sample, spec, size)
-            if hash_files:
-                digests = [file_sha256(root / f) for f in files]
-                digest = digests[0] if len(digests) == 1 else hashlib.sha256(
-                    "".join(digests).encode()).hexdigest()
-            else:
-                digest = ""
+            n_bytes, mtime, digest = fingerprint(root, sample_files(sample, spec), hash_files)
         except RasterError as exc:
             return RasterItem(sample.key, None, None, reason=str(exc))
         except PermissionError:
@@ -650,8 +666,7 @@ def read_many(root: Path, samples: Sequence[Sample], spec: RasterConfig, size: i
         except OSError as exc:
             return RasterItem(sample.key, None, None,
                               reason=f"cannot read ({exc.strerror or exc})")
-        return RasterItem(sample.key, raw, mask, w, h, None, sum(s.st_size for s in stats),
-                          max(s.st_mtime_ns for s in stats), digest)
+        return RasterItem(sample.key, raw, mask, w, h, None, n_bytes, mtime, digest)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         window: list = []

@@ -335,3 +335,21 @@ def test_end_to_end_cli(tmp_path, cli, layout):
         p.name for p in (data / "images").iterdir() if p.is_dir() or p.suffix == ".tif")
     status = json.loads(ok("status", "-p", proj, "--json").stdout)
     assert status["labeled"] == 12 and len(status["rounds"]) == 2
+
+
+def test_doctor_checks_band_folders(small, tmp_path):
+    root = tmp_path / "arch"
+    shutil.copytree(small.root, root)
+    api.init_pool(root, tmp_path / "p", classes="a,b", initial=0, image_size=SIZE)
+    assert api.doctor(tmp_path / "p", verify_hashes=True).ok
+    key = small.keys[0]
+    band = root / key / f"{key}_B04.tif"
+    data = bytearray(band.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    band.write_bytes(bytes(data))
+    (root / small.keys[1] / f"{small.keys[1]}_B11.tif").unlink()
+    report = api.doctor(tmp_path / "p", verify_hashes=True)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert f"sample {key}: content changed" in text
+    assert f"sample {small.keys[1]}: band files missing" in text
