@@ -226,8 +226,8 @@ def probe(root: Path, scan: RasterScan) -> Probe:
     """Read the headers of up to 16 samples spread over the archive.
 
     Raises:
-        ArchiveError: none of them is a readable raster, or they disagree on the band count
-            or data type (the message names two files).
+        ArchiveError: none of them is a readable raster, or their data type is not one alft
+            reads.
     """
     rasterio = _rasterio()
     n = len(scan.samples)
@@ -255,17 +255,11 @@ def probe(root: Path, scan: RasterScan) -> Probe:
     if not found:
         detail = f" (e.g. {problems[0]})" if problems else ""
         raise ArchiveError(f"no readable raster among the {len(picks)} files probed{detail}")
-    key0, first = found[0]
-    if scan.layout == "file":
-        for key, info in found[1:]:
-            if info.count != first.count:
-                raise ArchiveError(f"{key} has {info.count} bands but {key0} has "
-                                   f"{first.count}; an archive's files must have the same bands")
-            if info.dtype != first.dtype:
-                raise ArchiveError(f"{key} is {info.dtype} but {key0} is {first.dtype}; one "
-                                   "scaling serves the whole archive, so its data type must "
-                                   "be one")
-    else:
+    # The archive's band count and data type are those most probed files have; a file that
+    # differs is skipped with its reason when it is read, like any other unusable file.
+    common = Counter((info.count, info.dtype) for _, info in found).most_common(1)[0][0]
+    key0, first = next((k, i) for k, i in found if (i.count, i.dtype) == common)
+    if scan.layout != "file":
         first = Probe(first.count, first.dtype, archive_band_names(scan.samples), first.nodata,
                       first.colors)
     if first.dtype not in DTYPES:

@@ -353,3 +353,24 @@ def test_doctor_checks_band_folders(small, tmp_path):
     text = "\n".join(report.problems)
     assert f"sample {key}: content changed" in text
     assert f"sample {small.keys[1]}: band files missing" in text
+
+
+def test_a_file_with_another_band_count_or_dtype_is_skipped(tmp_path):
+    import rasterio
+    from affine import Affine
+
+    arch = generate_s2_archive(tmp_path / "a", n_images=5, image_size=SIZE, layout="file")
+    profile = {"driver": "GTiff", "height": SIZE, "width": SIZE, "crs": "EPSG:32633",
+               "transform": Affine(10, 0, 0, 0, -10, 0)}
+    with rasterio.open(arch.root / "four.tif", "w", count=4, dtype="uint16", **profile) as dst:
+        dst.write(np.ones((4, SIZE, SIZE), np.uint16))
+    with rasterio.open(arch.root / "float.tif", "w", count=12, dtype="float32",
+                       **profile) as dst:
+        dst.write(np.ones((12, SIZE, SIZE), np.float32))
+    result = api.init_pool(arch.root, tmp_path / "p", classes="a,b", initial=0,
+                           image_size=SIZE)
+    assert result.indexed == 5
+    with result.skipped_file.open(newline="", encoding="utf-8") as handle:
+        reasons = {row["filename"]: row["reason"] for row in csv.DictReader(handle)}
+    assert reasons["four.tif"] == "has 4 bands, the archive's files have 12"
+    assert reasons["float.tif"].startswith("is float32, the archive is uint16")
