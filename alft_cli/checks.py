@@ -84,18 +84,18 @@ def _check_files(project: Project, records: list, verify_hashes: bool,
 def _check_band_folders(project: Project, records: list, verify_hashes: bool,
                         problems: list[str]) -> None:
     """A band-folder sample is its selected band files: sizes summed, hashes combined."""
-    from alft_cli import rasters
+    from alft_cli import raster_index, rasters
 
     archive, raster = project.archive, project.config.raster
     for _sid, rec, _split in records:
         sample = rasters.sample_for(archive, rec.key, "band-folder")
-        files = rasters.sample_files(sample, raster)
+        files = raster_index.sample_files(sample, raster)
         if len(files) != len(raster.bands):
             problems.append(f"sample {rec.key}: band files missing from the archive "
                             f"{archive}")
             continue
         try:
-            size, _, digest = rasters.fingerprint(archive, files, verify_hashes)
+            size, _, digest = raster_index.fingerprint(archive, files, verify_hashes)
         except OSError:
             problems.append(f"sample {rec.key}: unreadable band file in {archive}")
             continue

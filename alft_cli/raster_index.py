@@ -9,7 +9,9 @@ decode cache, accumulating the per-band normalization statistics on the scaled v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,81 @@ def spec_of(plan_: RasterPlan, lo: Sequence[float], hi: Sequence[float],
                         resampling=rasters.RESAMPLING, percentile_samples=samples_used)
 
 
+@dataclass(frozen=True)
+class RasterItem:
+    """One sample read for the cache (or why not)."""
+
+    key: str
+    raw: np.ndarray | None
+    mask: np.ndarray | None
+    width: int = 0
+    height: int = 0
+    reason: str | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+
+
+def sample_files(sample: rasters.Sample, spec: RasterConfig) -> list[str]:
+    """The files a sample is read from: its one file, or its selected bands' files."""
+    if spec.layout == "file":
+        return list(sample.files.values())
+    return [sample.files[b] for b in spec.bands if b in sample.files]
+
+
+def fingerprint(root: Path, files: Sequence[str], hash_files: bool = True
+                ) -> tuple[int, int, str]:
+    """``(size, mtime_ns, sha256)`` of a sample: of its file, or for a band folder the sum
+    of the sizes, the latest mtime and the SHA-256 of the band files' SHA-256s in order.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    import hashlib
+
+    from alft_cli.images import file_sha256
+
+    stats = [(root / f).stat() for f in files]
+    digest = ""
+    if hash_files:
+        digests = [file_sha256(root / f) for f in files]
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256(
+            "".join(digests).encode()).hexdigest()
+    return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats), digest
+
+
+def read_many(root: Path, samples: Sequence[rasters.Sample], spec: RasterConfig, size: int,
+              workers: int | None = None, hash_files: bool = True) -> Iterator[RasterItem]:
+    """Read ``samples`` in threads (GDAL releases the GIL while it reads), in input order.
+
+    At most ``4 * workers`` results are in flight. File size and mtime of a band folder are
+    the sum and the latest of its band files'; its hash covers the band files in band order.
+    """
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+
+    def work(sample: rasters.Sample) -> RasterItem:
+        try:
+            raw, mask, (w, h) = rasters.read_sample(root, sample, spec, size)
+            n_bytes, mtime, digest = fingerprint(root, sample_files(sample, spec), hash_files)
+        except rasters.RasterError as exc:
+            return RasterItem(sample.key, None, None, reason=str(exc))
+        except PermissionError:
+            return RasterItem(sample.key, None, None, reason="permission denied")
+        except OSError as exc:
+            return RasterItem(sample.key, None, None,
+                              reason=f"cannot read ({exc.strerror or exc})")
+        return RasterItem(sample.key, raw, mask, w, h, None, n_bytes, mtime, digest)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: list = []
+        for sample in samples:
+            window.append(pool.submit(work, sample))
+            if len(window) >= 4 * workers:
+                yield window.pop(0).result()
+        for future in window:
+            yield future.result()
+
+
 @dataclass
 class RasterIndex:
     """What indexing a raster archive produced."""
@@ -135,7 +212,7 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
         kept = _Kept(cache_path.parent / ".percentile-sample.npy", len(picks),
                      len(plan_.bands), size)
         with reporter().task("sampling for the percentile scaling", total=len(picks)) as task:
-            for pos, item in zip(picks, rasters.read_many(
+            for pos, item in zip(picks, read_many(
                     root, [samples[int(i)] for i in picks], reader, size, workers)):
                 task.advance(1)
                 kept.add(int(pos), item)
@@ -158,7 +235,7 @@ def index(plan_: RasterPlan, root: Path, cache_path: Path, size: int, seed: int,
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     parked = kept.items if kept is not None else {}
-    rest = rasters.read_many(root, [s for i, s in enumerate(samples) if i not in parked],
+    rest = read_many(root, [s for i, s in enumerate(samples) if i not in parked],
                              spec, size, workers)
     with reporter().task("decoding archive", total=n) as task:
         for row in range(n):
@@ -210,17 +287,17 @@ class _Kept:
                                                  shape=shape)
             self.mask = np.lib.format.open_memmap(self.mask_path, mode="w+", dtype=bool,
                                                   shape=shape)
-        self.items: dict[int, rasters.RasterItem] = {}
+        self.items: dict[int, RasterItem] = {}
         self.slot: dict[int, int] = {}
 
-    def add(self, pos: int, item: rasters.RasterItem) -> None:
+    def add(self, pos: int, item: RasterItem) -> None:
         if self.raw is not None and self.mask is not None and item.raw is not None \
                 and item.mask is not None:
             slot = len(self.slot)
             self.raw[slot] = item.raw
             self.mask[slot] = item.mask
             self.slot[pos] = slot
-            item = rasters.RasterItem(item.key, None, None, item.width, item.height, None,
+            item = RasterItem(item.key, None, None, item.width, item.height, None,
                                       item.size, item.mtime_ns, item.sha256)
         self.items[pos] = item
 
@@ -230,12 +307,12 @@ class _Kept:
         return [(i.raw, i.mask) for i in self.items.values()
                 if i.raw is not None and i.mask is not None]
 
-    def pop(self, pos: int) -> rasters.RasterItem:
+    def pop(self, pos: int) -> RasterItem:
         item = self.items.pop(pos)
         slot = self.slot.get(pos)
         if slot is None or self.raw is None or self.mask is None:
             return item
-        return rasters.RasterItem(item.key, self.raw[slot], self.mask[slot], item.width,
+        return RasterItem(item.key, self.raw[slot], self.mask[slot], item.width,
                                   item.height, None, item.size, item.mtime_ns, item.sha256)
 
     def close(self) -> None:

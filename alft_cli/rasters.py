@@ -34,8 +34,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -592,84 +591,6 @@ def percentile_range(reads: Iterable[tuple[np.ndarray, np.ndarray]], seed: int,
         lo.append(float(low))
         hi.append(float(high))
     return lo, hi, used
-
-
-# --------------------------------------------------------------------------------------------
-# reading many samples
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RasterItem:
-    """One sample read for the cache (or why not)."""
-
-    key: str
-    raw: np.ndarray | None
-    mask: np.ndarray | None
-    width: int = 0
-    height: int = 0
-    reason: str | None = None
-    size: int = 0
-    mtime_ns: int = 0
-    sha256: str = ""
-
-
-def sample_files(sample: Sample, spec: RasterConfig) -> list[str]:
-    """The files a sample is read from: its one file, or its selected bands' files."""
-    if spec.layout == "file":
-        return list(sample.files.values())
-    return [sample.files[b] for b in spec.bands if b in sample.files]
-
-
-def fingerprint(root: Path, files: Sequence[str], hash_files: bool = True
-                ) -> tuple[int, int, str]:
-    """``(size, mtime_ns, sha256)`` of a sample: of its file, or for a band folder the sum
-    of the sizes, the latest mtime and the SHA-256 of the band files' SHA-256s in order.
-
-    Raises:
-        OSError: a file cannot be read.
-    """
-    import hashlib
-
-    from alft_cli.images import file_sha256
-
-    stats = [(root / f).stat() for f in files]
-    digest = ""
-    if hash_files:
-        digests = [file_sha256(root / f) for f in files]
-        digest = digests[0] if len(digests) == 1 else hashlib.sha256(
-            "".join(digests).encode()).hexdigest()
-    return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats), digest
-
-
-def read_many(root: Path, samples: Sequence[Sample], spec: RasterConfig, size: int,
-              workers: int | None = None, hash_files: bool = True) -> Iterator[RasterItem]:
-    """Read ``samples`` in threads (GDAL releases the GIL while it reads), in input order.
-
-    At most ``4 * workers`` results are in flight. File size and mtime of a band folder are
-    the sum and the latest of its band files'; its hash covers the band files in band order.
-    """
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
-
-    def work(sample: Sample) -> RasterItem:
-        try:
-            raw, mask, (w, h) = read_sample(root, sample, spec, size)
-            n_bytes, mtime, digest = fingerprint(root, sample_files(sample, spec), hash_files)
-        except RasterError as exc:
-            return RasterItem(sample.key, None, None, reason=str(exc))
-        except PermissionError:
-            return RasterItem(sample.key, None, None, reason="permission denied")
-        except OSError as exc:
-            return RasterItem(sample.key, None, None,
-                              reason=f"cannot read ({exc.strerror or exc})")
-        return RasterItem(sample.key, raw, mask, w, h, None, n_bytes, mtime, digest)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        window: list = []
-        for sample in samples:
-            window.append(pool.submit(work, sample))
-            if len(window) >= 4 * workers:
-                yield window.pop(0).result()
-        for future in window:
-            yield future.result()
 
 
 def _short(exc: BaseException) -> str:

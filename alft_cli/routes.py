@@ -80,7 +80,7 @@ def pretrain_project(project: Project, cfg: Any, device: Any, *, restart: bool,
                                      "resume": cfg.resume and ckpt.exists()})
     ids = np.concatenate([project.store.sample_ids(s) for s in ("pool", "val", "test")])
     ids.sort()
-    from alft_cli.augment import view_recipe
+    from alft_cli.augment_bands import view_recipe
 
     raster = project.config.raster
     views = view_recipe(project.config.in_channels, raster.bands if raster else None)

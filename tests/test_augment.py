@@ -11,6 +11,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import _functional_tensor as FT
 
 from alft_cli import augment as A
+from alft_cli import augment_bands as B
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -249,12 +250,12 @@ def test_rgb_recipe_is_byol_exactly():
 
 
 def test_view_recipe_choice():
-    assert A.view_recipe(3, None) == "rgb"  # 8-bit projects read with Pillow: BYOL as ever
-    assert A.view_recipe(4, None) == "rgb"
-    assert A.view_recipe(3, ["B04", "B03", "B02"]) == "rgb"
-    assert A.view_recipe(3, ["red", "green", "blue"]) == "rgb"
-    assert A.view_recipe(3, ["B08", "B04", "B03"]) == "bands"
-    assert A.view_recipe(12, [f"B{i:02d}" for i in range(12)]) == "bands"
+    assert B.view_recipe(3, None) == "rgb"  # 8-bit projects read with Pillow: BYOL as ever
+    assert B.view_recipe(4, None) == "rgb"
+    assert B.view_recipe(3, ["B04", "B03", "B02"]) == "rgb"
+    assert B.view_recipe(3, ["red", "green", "blue"]) == "rgb"
+    assert B.view_recipe(3, ["B08", "B04", "B03"]) == "bands"
+    assert B.view_recipe(12, [f"B{i:02d}" for i in range(12)]) == "bands"
 
 
 @pytest.mark.parametrize("channels", [1, 3, 12])
@@ -273,31 +274,31 @@ def test_band_views_shapes_range_independence_reproducible(channels):
 def test_band_jitter_contrast_keeps_each_band_mean_and_gain_is_per_band():
     x = _images(6, c=5, size=16, seed=1) * 0.5 + 40  # away from the clamp at 0 and 255
     # Contrast alone: every band keeps its own mean (it is blended with it, not the gray).
-    out = A.band_jitter(x, _gen(), brightness=0.0, contrast=0.4, band_gain=0.0, p=1.0)
+    out = B.band_jitter(x, _gen(), brightness=0.0, contrast=0.4, band_gain=0.0, p=1.0)
     torch.testing.assert_close(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), rtol=1e-5, atol=1e-3)
     assert not torch.allclose(out, x)
     # Gain alone: each band is scaled by its own factor within +-10%.
-    out = A.band_jitter(x, _gen(), brightness=0.0, contrast=0.0, band_gain=0.1, p=1.0)
+    out = B.band_jitter(x, _gen(), brightness=0.0, contrast=0.0, band_gain=0.1, p=1.0)
     ratio = out / x
     per_band = ratio.mean(dim=(2, 3))
     torch.testing.assert_close(ratio, per_band[..., None, None].expand_as(ratio))
     assert per_band.min() >= 0.9 - 1e-6 and per_band.max() <= 1.1 + 1e-6
     assert per_band.std(dim=1).min() > 0  # bands differ within a sample
     # p = 0: unchanged.
-    assert torch.equal(A.band_jitter(x, _gen(), p=0.0), x)
+    assert torch.equal(B.band_jitter(x, _gen(), p=0.0), x)
 
 
 def test_gaussian_noise_strength_and_probability():
     x = torch.full((64, 2, 16, 16), 128.0)
-    out = A.gaussian_noise(x, _gen(), std=0.03, p=0.5)
+    out = B.gaussian_noise(x, _gen(), std=0.03, p=0.5)
     changed = (out != x).flatten(1).any(dim=1)
     assert 16 < int(changed.sum()) < 48
     assert (out - x).abs().std() < 0.03 * 255
-    assert torch.equal(A.gaussian_noise(x, _gen(), p=0.0), x)
+    assert torch.equal(B.gaussian_noise(x, _gen(), p=0.0), x)
 
 
 def test_band_view_distributions():
-    assert A.BAND_VIEW1.blur_p == 1.0 and A.BAND_VIEW2.blur_p == 0.1
-    for view in (A.BAND_VIEW1, A.BAND_VIEW2):
+    assert B.BAND_VIEW1.blur_p == 1.0 and B.BAND_VIEW2.blur_p == 0.1
+    for view in (B.BAND_VIEW1, B.BAND_VIEW2):
         assert (view.brightness, view.contrast, view.band_gain) == (0.4, 0.4, 0.1)
         assert view.noise_p == 0.2 and view.scale == (0.08, 1.0) and view.rot90
