@@ -25,6 +25,8 @@ from alft_cli.progress import reporter
 from alft_cli.store import SampleRecord
 
 CACHE_DTYPE = np.float16
+#: The most bands a model takes (``ProjectConfig.in_channels``' limit).
+MAX_BANDS = 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def plan(root: Path, keys: Sequence[str], skipped: Sequence[tuple[str, str]],
         raise ArchiveError(f"{root}: no samples found in the {scan.layout} layout")
     probe = rasters.probe(root, scan)
     bands = rasters.resolve_bands(probe.names, options.bands)
+    if len(bands) > MAX_BANDS:
+        raise OptionError(f"{len(bands)} bands selected; alft models take at most {MAX_BANDS}: "
+                          "choose some with --bands")
     if in_channels is not None and in_channels != len(bands):
         raise OptionError(f"--in-channels {in_channels} does not match the {len(bands)} bands "
                           f"selected ({', '.join(bands)}); drop --in-channels, it follows "

@@ -516,3 +516,15 @@ def test_quicklooks(tmp_path):
     assert path.name == "0003_T1__S2A_patch__x.png"
     with Image.open(path) as img:
         assert img.mode == "RGB" and img.size == (300, 300)
+
+
+def test_more_bands_than_a_model_takes_must_be_chosen(tmp_path):
+    from alft_cli import raster_index
+
+    _write(tmp_path / "hyper.tif", np.zeros((70, 8, 8), np.uint16))
+    listing = scan_folder(tmp_path, ARCHIVE_EXTENSIONS)
+    with pytest.raises(OptionError, match="70 bands selected; alft models take at most 64"):
+        raster_index.plan(tmp_path, listing.keys, listing.skipped, raster_index.RasterOptions())
+    plan = raster_index.plan(tmp_path, listing.keys, listing.skipped,
+                             raster_index.RasterOptions(bands="1,35,70"))
+    assert plan.bands == ["1", "35", "70"]
