@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from alft_cli.config import ProjectConfig
+from alft_cli.config import ProjectConfig, RasterConfig
 from alft_cli.errors import ArchiveError
 from alft_cli.images import file_sha256
 from alft_cli.progress import reporter
@@ -59,11 +59,15 @@ def new_archive_root(project: Project, new_archive: Path) -> tuple[Path, Path | 
     return new_archive.resolve(), manifest
 
 
-def check_files(records: list[SampleRecord], root: Path, workers: int = 4) -> list[str]:
-    """One line per indexed image missing from ``root`` or different in size or SHA-256."""
+def check_files(records: list[SampleRecord], root: Path, workers: int = 4,
+                raster: RasterConfig | None = None) -> list[str]:
+    """One line per indexed image missing from ``root`` or different in size or SHA-256
+    (a band-folder sample: its band files, sizes summed and hashes combined)."""
     problems: list[str] = []
 
     def check(rec: SampleRecord) -> str | None:
+        if raster is not None and raster.layout == "band-folder":
+            return _check_band_folder(rec, root, raster)
         path = root / rec.key
         try:
             size = path.stat().st_size
@@ -87,6 +91,23 @@ def check_files(records: list[SampleRecord], root: Path, workers: int = 4) -> li
     return problems
 
 
+def _check_band_folder(rec: SampleRecord, root: Path, raster: RasterConfig) -> str | None:
+    from alft_cli import raster_index, rasters
+
+    files = raster_index.sample_files(rasters.sample_for(root, rec.key, "band-folder"), raster)
+    if len(files) != len(raster.bands):
+        return f"{rec.key}: band files not found"
+    try:
+        size, _, digest = raster_index.fingerprint(root, files)
+    except OSError as exc:
+        return f"{rec.key}: unreadable ({exc.strerror or exc})"
+    if size != rec.size:
+        return f"{rec.key}: {size} bytes, indexed with {rec.size}"
+    if digest != rec.sha256:
+        return f"{rec.key}: same size, other content (SHA-256 differs)"
+    return None
+
+
 def relocate_project(project: Project, new_archive: Path) -> RelocateResult:
     """Check every indexed image at ``new_archive``, then record it as the archive.
 
@@ -101,7 +122,7 @@ def relocate_project(project: Project, new_archive: Path) -> RelocateResult:
     """
     root, manifest = new_archive_root(project, new_archive)
     records = [rec for _, rec, _ in project.store.sample_records()]
-    problems = check_files(records, root)
+    problems = check_files(records, root, raster=project.config.raster)
     if problems:
         raise ArchiveError(
             f"{root} does not hold the indexed images: {len(problems)} of {len(records)} "

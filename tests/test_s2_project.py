@@ -374,3 +374,12 @@ def test_a_file_with_another_band_count_or_dtype_is_skipped(tmp_path):
         reasons = {row["filename"]: row["reason"] for row in csv.DictReader(handle)}
     assert reasons["four.tif"] == "has 4 bands, the archive's files have 12"
     assert reasons["float.tif"].startswith("is float32, the archive is uint16")
+
+
+def test_relocate_a_band_folder_project(small, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(small.root, old)
+    api.init_pool(old, tmp_path / "p", classes="a,b", initial=0, image_size=SIZE)
+    shutil.move(old, new)
+    api.relocate(tmp_path / "p", new)
+    assert api.doctor(tmp_path / "p", verify_hashes=True).ok
