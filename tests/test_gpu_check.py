@@ -86,7 +86,8 @@ def test_gpu_check_runs_where_pydantic_is_missing_and_writes_every_file(device_l
     proc = _run(python, carry, out, tmp_path / "work", "--deadline-min", "4", *TINY)
     log = (out / "log.txt").read_text()
     assert proc.returncode == 0, log[-3000:]
-    assert "installing 5 carried wheels" in log
+    wheels = len(list((carry / "wheels").glob("*.whl")))  # pydantic's and rasterio's
+    assert f"installing {wheels} carried wheels" in log
     _check_out_folder(out)
     assert {p.name for p in out.iterdir()} == {"log.txt", "results.json", "summary.md",
                                                "curves.md", "rounds.csv", "curves_s1.png"}
@@ -157,7 +158,8 @@ def test_paper_example_runs_where_alft_is_not_installed(device_like, tmp_path):
     proc = subprocess.run(["bash", str(REPO / "examples" / "paper_gpu.sh")], cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert "installing 5 carried wheels" in proc.stdout
+    wheels = len(list((carry / "wheels").glob("*.whl")))  # pydantic's and rasterio's
+    assert f"installing {wheels} carried wheels" in proc.stdout
     sim = tmp_path / "sim"  # SIM relative to the caller's folder
     assert (sim / "report" / "curves.md").is_file()
     settings = json.loads((sim / "simulation.json").read_text())
