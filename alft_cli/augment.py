@@ -576,31 +576,22 @@ def augment_view(
 
 
 def byol_views(
-    x: torch.Tensor,
-    generator: torch.Generator,
-    out_size: int | None = None,
-    recipe: str = "rgb",
+    x: torch.Tensor, generator: torch.Generator, out_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BYOL's two augmented views of a batch (Grill et al., Appendix B, Table 6).
+
+    For band sets other than RGB, :func:`alft_cli.augment_bands.make_views` picks the
+    band-agnostic views instead.
 
     Args:
         x: (B, C, H, W) float, 0..255.
         generator: random source on ``x.device``.
         out_size: output side; default the input's smaller side.
-        recipe: ``rgb``, BYOL's colour recipe exactly (RGB and 8-bit projects), or ``bands``,
-            the band-agnostic views of :mod:`alft_cli.augment_bands` for other band sets.
 
     Returns:
         ``(view1, view2)``, each (B, C, out_size, out_size), 0..255.
     """
     size = out_size if out_size is not None else min(x.shape[-2:])
-    if recipe == "bands":
-        from alft_cli.augment_bands import BAND_VIEW1, BAND_VIEW2, band_view
-
-        return (band_view(x, BAND_VIEW1, generator, size),
-                band_view(x, BAND_VIEW2, generator, size))
-    if recipe != "rgb":
-        raise ValueError(f"unknown view recipe {recipe!r}: use rgb or bands")
     return (
         augment_view(x, BYOL_VIEW1, generator, size),
         augment_view(x, BYOL_VIEW2, generator, size),

@@ -18,6 +18,7 @@ from alft_cli.augment import (
     _blend,
     _check,
     _uniform,
+    byol_views,
     gaussian_blur,
     random_flip_rot90,
     random_resized_crop,
@@ -153,3 +154,27 @@ def view_recipe(in_channels: int, bands: list[str] | None) -> str:
         return "rgb"
     rgb = [b.lower() for b in bands] in (["b04", "b03", "b02"], ["red", "green", "blue"])
     return "rgb" if rgb and in_channels == 3 else "bands"
+
+
+def make_views(
+    x: torch.Tensor, generator: torch.Generator, out_size: int | None = None,
+    recipe: str = "rgb",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two BYOL views of a batch with the project's recipe (see :func:`view_recipe`).
+
+    Args:
+        x: (B, C, H, W) float, 0..255.
+        generator: random source on ``x.device``.
+        out_size: output side; default the input's smaller side.
+        recipe: ``rgb``, BYOL's recipe exactly (:func:`alft_cli.augment.byol_views`), or
+            ``bands``, the band-agnostic views of :class:`BandViewParams`.
+
+    Returns:
+        ``(view1, view2)``, each (B, C, out_size, out_size), 0..255.
+    """
+    if recipe == "rgb":
+        return byol_views(x, generator, out_size)
+    if recipe != "bands":
+        raise ValueError(f"unknown view recipe {recipe!r}: use rgb or bands")
+    size = out_size if out_size is not None else min(x.shape[-2:])
+    return band_view(x, BAND_VIEW1, generator, size), band_view(x, BAND_VIEW2, generator, size)

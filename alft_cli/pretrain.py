@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from alft_cli import distributed, faults
-from alft_cli.augment import byol_views
+from alft_cli.augment_bands import make_views
 from alft_cli.byol import BYOL, cosine_tau
 from alft_cli.checkpoints import (
     derived_seed,
@@ -77,7 +77,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
                  views: str = "rgb") -> PretrainOutcome:
     """Train BYOL; write ``out_dir/checkpoint.pt`` (resumable) and ``out_dir/backbone.pt``.
 
-    ``views`` is the view recipe (:func:`alft_cli.augment.byol_views`): ``rgb`` (BYOL's) or
+    ``views`` is the view recipe (:func:`alft_cli.augment_bands.make_views`): ``rgb`` (BYOL's) or
     ``bands`` (band-agnostic, for multispectral band sets).
     """
     info = distributed.init(device)
@@ -221,7 +221,7 @@ def run_pretrain(cache_path: Path, sample_ids: np.ndarray, out_dir: Path, cfg: P
 def _step(net: torch.nn.Module, model: BYOL, normalize: Normalize, images: torch.Tensor,
           generator: torch.Generator, optimizer: torch.optim.Optimizer, device: torch.device,
           size: int, tau: float, views: str = "rgb") -> torch.Tensor:
-    view1, view2 = byol_views(images.float(), generator, size, recipe=views)
+    view1, view2 = make_views(images.float(), generator, size, views)
     view1 = to_device_layout(normalize(view1), device)
     view2 = to_device_layout(normalize(view2), device)
     with autocast(device):

@@ -243,10 +243,10 @@ def test_rejects_non_float():
 def test_rgb_recipe_is_byol_exactly():
     x = _images(4, size=32)
     default = A.byol_views(x, _gen(5), 24)
-    explicit = A.byol_views(x, _gen(5), 24, recipe="rgb")
+    explicit = B.make_views(x, _gen(5), 24, recipe="rgb")
     assert all(torch.equal(p, q) for p, q in zip(default, explicit, strict=True))
     with pytest.raises(ValueError, match="unknown view recipe"):
-        A.byol_views(x, _gen(), 24, recipe="hsv")
+        B.make_views(x, _gen(), 24, recipe="hsv")
 
 
 def test_view_recipe_choice():
@@ -262,12 +262,12 @@ def test_view_recipe_choice():
 def test_band_views_shapes_range_independence_reproducible(channels):
     one = _images(1, c=channels, size=40)
     x = one.expand(8, -1, -1, -1).contiguous()
-    v1, v2 = A.byol_views(x, _gen(2), out_size=32, recipe="bands")
+    v1, v2 = B.make_views(x, _gen(2), out_size=32, recipe="bands")
     for v in (v1, v2):
         assert v.shape == (8, channels, 32, 32) and v.dtype == x.dtype
         assert v.min() >= 0 and v.max() <= 255 and torch.isfinite(v).all()
         assert not torch.allclose(v[0], v[1])
-    again = A.byol_views(x, _gen(2), out_size=32, recipe="bands")
+    again = B.make_views(x, _gen(2), out_size=32, recipe="bands")
     assert torch.equal(v1, again[0]) and torch.equal(v2, again[1])
 
 
