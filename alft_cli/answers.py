@@ -29,6 +29,28 @@ MIN_ROWS_TO_QUESTION = 5
 
 
 @dataclass
+class ImportResult:
+    """What import-labels did (or would do, with dry_run).
+
+    ``unanswered``: rows with an empty answer, not imported (their images stay pending).
+    ``to_val``: new answers routed to the val split (``val_from_answers``).
+    """
+
+    file: Path
+    format: str
+    added: int
+    changed: int
+    unchanged: int
+    not_labels: int
+    dry_run: bool
+    pending_left: int
+    labeled_total: int
+    notes: list[str] = field(default_factory=list)
+    unanswered: int = 0
+    to_val: int = 0
+
+
+@dataclass
 class ImportPlan:
     """What importing a file would do.
 

@@ -11,11 +11,16 @@ import_labels      :mod:`alft_cli.labels` (read the file), :mod:`alft_cli.answer
 pretrain           :mod:`alft_cli.routes` (BYOL / noisy labels / supplied weights)
 finetune           :mod:`alft_cli.routes` (warm start), :mod:`alft_cli.finetune` (BCE loop)
 query              :mod:`alft_cli.scoring` (pool pass + strategy), :mod:`alft_cli.labels`
-labelstudio_*      :mod:`alft_cli.labelstudio_rounds` (server side), then import_labels
 status / doctor    the store; :mod:`alft_cli.checks`
 export / tag       :mod:`alft_cli.export`, :mod:`alft_cli.tag`
 labels_from_...    :mod:`alft_cli.bigearthnet` (BigEarthNet label files -> gold CSV)
+demo_data          :mod:`alft_cli.demo` (the synthetic archives)
 =================  ==========================================================
+
+Above this face sit the experiments (:mod:`alft_cli.experiments`) and the live Label Studio
+loop (:mod:`alft_cli.labelstudio`): they drive projects only through these functions. The
+module is one idea (the commands' boundary: option checks, locking, rounds) and stays near
+700 lines because each command checks its own options here, before any work starts.
 
 Rounds: round 0 is the initial (random) to-label list written by :func:`init_pool`. Labels
 imported for a queried sample belong to the round of that query. :func:`finetune` trains the
@@ -25,10 +30,9 @@ to open the next round.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,65 +40,26 @@ from typing import Any
 import numpy as np
 
 from alft_cli import faults
+from alft_cli.answers import ImportResult
 from alft_cli.atomic import atomic_open
 from alft_cli.checks import DoctorReport
-from alft_cli.errors import ArchiveError, OptionError
+from alft_cli.errors import OptionError
 from alft_cli.indexing import InitPoolResult
 from alft_cli.labels import QueryRow, read_label_file, write_query_csv
 from alft_cli.labels.lstasks import image_url_function, write_label_studio_files
 from alft_cli.labels.queryfiles import fresh_path
-from alft_cli.labelstudio_rounds import LsPullResult, LsPushResult
 from alft_cli.progress import reporter
-from alft_cli.project import Project, open_project, project_lock
+from alft_cli.project import Project, reading, writing
 from alft_cli.routes import PretrainResult
 
 __all__ = [
-    "DoctorReport", "FinetuneResult", "ImportResult", "InitPoolResult", "LsPullResult",
-    "LsPushResult", "PretrainResult", "QueryResult", "adopt_pretrained", "demo_data", "doctor",
-    "exclude_samples", "export", "finetune", "import_labels", "init_pool", "labelstudio_pull",
-    "labelstudio_push", "labelstudio_status", "pretrain", "query", "relocate", "status", "tag",
+    "DoctorReport", "FinetuneResult", "ImportResult", "InitPoolResult", "PretrainResult",
+    "QueryResult", "adopt_pretrained", "demo_data", "doctor", "exclude_samples", "export",
+    "finetune", "import_labels", "init_pool", "labels_from_bigearthnet", "pretrain", "query",
+    "relocate", "status", "tag",
 ]
 
-PAPER_VAL_FRACTION = 0.25
-PAPER_TEST_FRACTION = 0.25
 PAPER_INITIAL = 40
-
-
-# --------------------------------------------------------------------------------------------
-# command plumbing
-# --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _writing(project_dir: Path | str, command: str, args: dict[str, Any]) -> Iterator[Project]:
-    """Lock the project, open it, and record the command in the runs table."""
-    root = Path(project_dir)
-    if not (root / "config.json").exists():
-        open_project(root).close()  # raises the precise "not a project" error
-    with project_lock(root, command):
-        project = open_project(root)
-        try:
-            with project.store.transaction():
-                run_id = project.store.start_run(command, args)
-            status = "failed"
-            try:
-                yield project
-                status = "ok"
-            except KeyboardInterrupt:
-                status = "interrupted"
-                raise
-            finally:
-                with project.store.transaction():
-                    project.store.finish_run(run_id, status)
-        finally:
-            project.close()
-
-
-@contextlib.contextmanager
-def _reading(project_dir: Path | str) -> Iterator[Project]:
-    project = open_project(project_dir, readonly=True)
-    try:
-        yield project
-    finally:
-        project.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +107,12 @@ def init_pool(
     """
     import time
 
-    from alft_cli.indexing import check_new_project_dir, create_project, resolve_classes
+    from alft_cli.indexing import (
+        check_new_project_dir,
+        create_project,
+        resolve_classes,
+        split_fractions,
+    )
     from alft_cli.raster_index import RasterOptions
     from alft_cli.valsplit import META_KEY, check_fraction
 
@@ -150,16 +120,8 @@ def init_pool(
     root = Path(project_dir)
     check_new_project_dir(root)
     class_list = resolve_classes(classes, labels_file)
-    has_gold = labels_file is not None
-    val_fraction = _default(val_fraction, PAPER_VAL_FRACTION if has_gold else 0.0)
-    test_fraction = _default(test_fraction, PAPER_TEST_FRACTION if has_gold else 0.0)
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
-        raise OptionError("--val-fraction and --test-fraction must be in [0, 1)")
-    if val_fraction + test_fraction >= 1:
-        raise OptionError("--val-fraction + --test-fraction must leave a pool (sum < 1)")
-    if (val_fraction or test_fraction) and not has_gold:
-        raise OptionError("val/test splits need gold labels to evaluate against: "
-                          "give --labels FILE, or set --val-fraction 0 --test-fraction 0")
+    val_fraction, test_fraction = split_fractions(val_fraction, test_fraction,
+                                                  has_gold=labels_file is not None)
     val_from_answers = check_fraction(val_from_answers)
     if val_from_answers and val_fraction:
         raise OptionError("--val-from-answers grows a validation set for projects without "
@@ -183,7 +145,7 @@ def init_pool(
     if fmt == "label-studio" and result.query_file is not None:
         from alft_cli.quicklooks import initial_quicklook
 
-        with _reading(root) as project:
+        with reading(root) as project:
             keys = project.store.keys_by_id()
             rows = [QueryRow(keys[s], rank, float("nan"), -1, None,
                              initial_quicklook(project, result.query_file, rank, keys[s]))
@@ -195,35 +157,9 @@ def init_pool(
     return result
 
 
-def _default(value: float | None, fallback: float) -> float:
-    return fallback if value is None else float(value)
-
-
 # --------------------------------------------------------------------------------------------
 # import-labels
 # --------------------------------------------------------------------------------------------
-@dataclass
-class ImportResult:
-    """What import-labels did (or would do, with dry_run).
-
-    ``unanswered``: rows with an empty answer, not imported (their images stay pending).
-    ``to_val``: new answers routed to the val split (``val_from_answers``).
-    """
-
-    file: Path
-    format: str
-    added: int
-    changed: int
-    unchanged: int
-    not_labels: int
-    dry_run: bool
-    pending_left: int
-    labeled_total: int
-    notes: list[str] = field(default_factory=list)
-    unanswered: int = 0
-    to_val: int = 0
-
-
 def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto",
                   overwrite: bool = False, dry_run: bool = False,
                   val_from_answers: float | None = None) -> ImportResult:
@@ -243,7 +179,7 @@ def import_labels(project_dir: Path | str, file: Path | str, *, fmt: str = "auto
     val_from_answers = check_fraction(val_from_answers)
     args = {"file": str(file), "format": fmt, "overwrite": overwrite, "dry_run": dry_run,
             "val_from_answers": val_from_answers}
-    context = _reading(project_dir) if dry_run else _writing(project_dir, "import-labels", args)
+    context = reading(project_dir) if dry_run else writing(project_dir, "import-labels", args)
     with context as project:
         store = project.store
         fraction = (project_fraction(store) if val_from_answers is None
@@ -291,7 +227,7 @@ def status(project_dir: Path | str, *, stop_kappa: float | None = None,
         raise OptionError(f"--stop-kappa {kappa:g}: must be in (0, 1]")
     if window < 1:
         raise OptionError(f"--stop-window {window}: must be at least 1")
-    with _reading(project_dir) as project:
+    with reading(project_dir) as project:
         return summarize(project, stop_kappa=kappa, stop_window=window)
 
 
@@ -303,30 +239,11 @@ def demo_data(out_dir: Path | str, *, n_images: int = 400, image_size: int = 64,
               layout: str = "band-folder") -> Any:
     """Generate the built-in synthetic multi-label archive (see :mod:`alft_cli.synthetic`);
     with ``bands=12`` the Sentinel-2-like one (:mod:`alft_cli.synthetic_s2`) in ``layout``."""
-    from alft_cli.synthetic import generate_archive
+    from alft_cli.demo import demo_archive
 
-    if bands is not None and bands != 12:
-        raise OptionError(f"--bands {bands}: the synthetic multispectral archive has 12 bands "
-                          "(Sentinel-2 as in BigEarthNet)")
-    if n_images < 1:
-        raise OptionError("--n-images must be >= 1")
-    if image_size < 16:
-        raise OptionError("--image-size must be >= 16")
-    if imbalance < 1:
-        raise OptionError("--imbalance must be >= 1 (1 = natural frequencies)")
-    out = Path(out_dir)
-    if (out / "labels.csv").exists() or (out / "images").exists():
-        raise OptionError(f"{out} already holds an archive; choose a new folder")
     with reporter().task("generating synthetic archive", total=None):
-        if bands is not None:
-            from alft_cli.synthetic_s2 import generate_s2_archive
-
-            if imbalance != 1:
-                raise OptionError("--imbalance is for the RGB archive; not with --bands")
-            return generate_s2_archive(out, n_images=n_images, image_size=image_size,
-                                       seed=seed, layout=layout)
-        return generate_archive(out, n_images=n_images, image_size=image_size, seed=seed,
-                                imbalance=imbalance, formats=("png", "jpg", "tif"))
+        return demo_archive(Path(out_dir), n_images=n_images, image_size=image_size,
+                            imbalance=imbalance, seed=seed, bands=bands, layout=layout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,8 +287,8 @@ def pretrain(project_dir: Path | str, *, restart: bool = False,
                           "it without torchrun")
     args = {**cfg.model_dump(), "noisy_labels": str(noisy_labels) if noisy_labels else None,
             "then": then, "init_weights": str(init_weights) if init_weights else None}
-    context = (_writing(project_dir, "pretrain", args) if info.is_main
-               else _reading(project_dir))
+    context = (writing(project_dir, "pretrain", args) if info.is_main
+               else reading(project_dir))
     with context as project:
         return pretrain_project(project, cfg, device, restart=restart,
                                 init_weights=init_weights, noisy_labels=noisy_labels,
@@ -432,7 +349,7 @@ def finetune(project_dir: Path | str, *, restart: bool = False,
                               f"{', '.join(sorted(BACKBONES))}")
     device = resolve_device(cfg.device)
     rep = reporter()
-    with _writing(project_dir, "finetune", cfg.model_dump()) as project:
+    with writing(project_dir, "finetune", cfg.model_dump()) as project:
         store = project.store
         round_ = store.current_round()
         ids, y = store.labeled_arrays()
@@ -570,7 +487,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
     notes: list[str] = []
     info = distributed.env_info()
     # Under torchrun every rank scores a shard of the pool; rank 0 owns the project.
-    context = _writing(project_dir, "query", args) if info.is_main else _reading(project_dir)
+    context = writing(project_dir, "query", args) if info.is_main else reading(project_dir)
     with context as project:
         store = project.store
         pending = store.pending()
@@ -673,109 +590,6 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
 
 
 # --------------------------------------------------------------------------------------------
-# labelstudio push / pull / status: the pending query in a live Label Studio project
-# --------------------------------------------------------------------------------------------
-def labelstudio_push(project_dir: Path | str, *, api_key: str, url: str | None = None,
-                     ls_project: int | None = None, create: str | None = None,
-                     image_url_prefix: str | None = None,
-                     document_root: Path | str | None = None) -> LsPushResult:
-    """Send the pending images to a Label Studio project as tasks, and record where.
-
-    ``create`` makes a project with alft's labeling config; otherwise ``ls_project`` (default:
-    the one pushed to last) must have a config naming the project classes. Tasks are
-    recognised by ``data.alft_key`` and ``data.alft_round``, so pushing again adds none twice.
-    The link (URL, project id, task id per image) is stored in one transaction once the
-    server holds the tasks; a push that dies before that is simply run again.
-    """
-    from alft_cli import labelstudio_rounds
-
-    if ls_project is not None and create:
-        raise OptionError("--ls-project and --create: give one (an existing project or a new one)")
-    args = {"url": url, "project": ls_project, "create": create,
-            "image_url_prefix": image_url_prefix,
-            "document_root": str(document_root) if document_root else None}
-    with _writing(project_dir, "labelstudio push", args) as project:
-        store = project.store
-        plan = labelstudio_rounds.push(
-            project, store.ls_current_link(), api_key=api_key, url=url, ls_project=ls_project,
-            create=create, image_url_prefix=image_url_prefix, document_root=document_root)
-        with store.transaction():
-            link = store.ls_link_save(plan.url, plan.project.id, plan.project.title)
-            for round_, items in plan.task_ids.items():
-                store.ls_tasks_save(link, round_, items)
-        return LsPushResult(plan.url, plan.project.id, plan.project.title, plan.created,
-                            sum(len(v) for v in plan.task_ids.values()), plan.added,
-                            plan.existing, sorted(plan.task_ids), plan.images, plan.notes)
-
-
-def labelstudio_pull(project_dir: Path | str, *, api_key: str, url: str | None = None,
-                     wait: bool = False, timeout_s: float = 3600.0,
-                     interval_s: float = 30.0) -> LsPullResult:
-    """Import the answers given in Label Studio to the pushed pending images.
-
-    Each look exports the pushed tasks of the pending images; those with a submitted answer
-    are written as a Label Studio JSON export in the round folder and imported by
-    :func:`import_labels`: the same validation, all or nothing, newest annotation wins.
-    Skipped and unanswered tasks stay pending. With ``wait`` it looks again every
-    ``interval_s`` until no task is left unanswered or ``timeout_s`` has passed.
-    """
-    import time
-
-    from alft_cli import labelstudio_rounds
-
-    if wait and not (timeout_s > 0 and interval_s > 0):
-        raise OptionError("--timeout and --interval must be positive")
-    deadline = time.monotonic() + timeout_s
-    files: list[Path] = []
-    notes: list[str] = []
-    imported = looks = 0
-    with reporter().task("answers from Label Studio", total=None) as progress:
-        while True:
-            looks += 1
-            with _reading(project_dir) as project:
-                got = labelstudio_rounds.fetch(project, project.store.ls_current_link(),
-                                               api_key=api_key, url=url)
-                round_dir = project.round_dir(got.round)
-            if got.counts["done"]:
-                answered = [t for t in got.exported if t.get("annotations")]
-                file = fresh_path(round_dir / "label-studio-pull.json")
-                with atomic_open(file, "w") as fh:
-                    json.dump(answered, fh, ensure_ascii=False, indent=1)
-                result = import_labels(project_dir, file)
-                files.append(file)
-                imported += got.counts["done"]
-                notes += result.notes
-            progress.update(total=imported + got.counts["skipped"] + got.counts["untouched"],
-                            completed=imported, left=got.counts["untouched"])
-            if not wait or not got.counts["untouched"] or time.monotonic() >= deadline:
-                break
-            time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
-    with _reading(project_dir) as project:
-        pending_left = len(project.store.pending())
-    return LsPullResult(got.url, got.project.id, imported, got.counts["skipped"],
-                        got.counts["untouched"], got.not_pushed, pending_left, files, looks,
-                        notes)
-
-
-def labelstudio_status(project_dir: Path | str, *, api_key: str,
-                       url: str | None = None) -> dict[str, Any]:
-    """Where the pending images were pushed and how many are answered; changes nothing.
-
-    Keys: ``url``, ``project_id``, ``title``, ``last_push_at``, ``pushed`` (pending images
-    with a task), ``done`` (a submitted answer, not imported yet), ``skipped``,
-    ``untouched``, ``not_pushed``.
-    """
-    from alft_cli import labelstudio_rounds
-
-    with _reading(project_dir) as project:
-        link = project.store.ls_current_link()
-        got = labelstudio_rounds.fetch(project, link, api_key=api_key, url=url)
-        return {"url": got.url, "project_id": got.project.id, "title": got.project.title,
-                "last_push_at": link.last_push_at, "pushed": len(got.exported), **got.counts,
-                "not_pushed": got.not_pushed}
-
-
-# --------------------------------------------------------------------------------------------
 # exclude (take pool images out of play) and adopt-pretrained (share one BYOL backbone)
 # --------------------------------------------------------------------------------------------
 def exclude_samples(project_dir: Path | str, keys: Sequence[str]) -> int:
@@ -784,7 +598,7 @@ def exclude_samples(project_dir: Path | str, keys: Sequence[str]) -> int:
     Used by simulate's imbalance scenarios; labeled, pending or val/test images are refused.
     Returns how many were excluded.
     """
-    with _writing(project_dir, "exclude", {"n": len(keys)}) as project:
+    with writing(project_dir, "exclude", {"n": len(keys)}) as project:
         store = project.store
         ids = store.ids_by_key()
         splits = store.split_of()
@@ -813,14 +627,14 @@ def adopt_pretrained(project_dir: Path | str, source_project: Path | str) -> dic
 
     simulate pretrains once and lets every run project adopt that backbone.
     """
-    with _reading(source_project) as src:
+    with reading(source_project) as src:
         meta = json.loads(src.store.get_meta("pretrained") or "null")
         if meta is None:
             raise OptionError(f"{source_project} has no pretrained backbone")
         meta = {**meta, "file": str(src.resolve(meta["file"]).resolve()),
                 "adopted_from": str(Path(source_project).resolve())}
         source_archive = src.config.archive
-    with _writing(project_dir, "adopt-pretrained", {"source": str(source_project)}) as project:
+    with writing(project_dir, "adopt-pretrained", {"source": str(source_project)}) as project:
         if project.config.archive != source_archive:
             raise OptionError(f"{source_project} indexes another archive")
         with project.store.transaction():
@@ -838,25 +652,10 @@ def labels_from_bigearthnet(archive: Path | str, out: Path | str, *, nomenclatur
         The :class:`~alft_cli.bigearthnet.BigEarthNetLabels` written (its ``notes`` report
         patches without labels and patches whose labels all map to nothing).
     """
-    from alft_cli import bigearthnet, rasters
-    from alft_cli.atomic import atomic_write_text
-    from alft_cli.config import ARCHIVE_EXTENSIONS
-    from alft_cli.images import scan_folder
+    from alft_cli.bigearthnet import write_gold
 
-    archive, out = Path(archive), Path(out)
-    if not archive.is_dir():
-        raise ArchiveError(f"archive {archive} is not a folder")
-    if out.exists():
-        raise OptionError(f"{out} exists; choose another --out")
-    listing = scan_folder(archive, ARCHIVE_EXTENSIONS)
-    keys = [s.key for s in rasters.group_layout(listing.keys, listing.skipped,
-                                                "band-folder").samples]
-    found = bigearthnet.read_labels(archive, keys, nomenclature,
-                                    Path(metadata) if metadata is not None else None)
-    if not found.rows:
-        raise ArchiveError(f"{archive}: none of the {len(keys)} patch folders has a usable "
-                           "label" + (f" ({found.notes[0]})" if found.notes else ""))
-    atomic_write_text(out, bigearthnet.onehot_csv(found))
+    found = write_gold(Path(archive), Path(out), nomenclature,
+                       Path(metadata) if metadata is not None else None)
     for note in found.notes:
         reporter().warn(note)
     return found
@@ -869,7 +668,7 @@ def doctor(project_dir: Path | str, *, verify_hashes: bool = False) -> DoctorRep
     """Check a project without changing anything: files, cache, labels, rounds, artifacts."""
     from alft_cli.checks import check_project
 
-    with _reading(project_dir) as project:
+    with reading(project_dir) as project:
         return check_project(project, verify_hashes=verify_hashes)
 
 
@@ -879,7 +678,7 @@ def relocate(project_dir: Path | str, new_archive: Path | str) -> Any:
     recorded at indexing; otherwise refuse and change nothing (:mod:`alft_cli.relocate`)."""
     from alft_cli.relocate import relocate_project
 
-    with _writing(project_dir, "relocate", {"archive": str(new_archive)}) as project:
+    with writing(project_dir, "relocate", {"archive": str(new_archive)}) as project:
         return relocate_project(project, Path(new_archive))
 
 
@@ -896,7 +695,7 @@ def export(project_dir: Path | str, *, round_: int | None = None, out: Path | st
     """
     from alft_cli.export import export_project
 
-    with _reading(project_dir) as project:
+    with reading(project_dir) as project:
         return export_project(project, round_=round_, out=Path(out) if out else None,
                               calibrate_thresholds=calibrate_thresholds, device=device)
 

@@ -266,3 +266,28 @@ def check_archive_keys(keys: Sequence[str]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def write_gold(archive: Path, out: Path, nomenclature: int = 43,
+               metadata: Path | None = None) -> BigEarthNetLabels:
+    """Write the one-hot gold file of a BigEarthNet archive to ``out``: keys are the patch
+    folders as init-pool makes them, labels from the per-patch JSONs (v1) or ``metadata``
+    (v2's parquet table). Refuses an existing ``out`` and an archive without usable labels."""
+    from alft_cli import rasters
+    from alft_cli.atomic import atomic_write_text
+    from alft_cli.config import ARCHIVE_EXTENSIONS
+    from alft_cli.images import scan_folder
+
+    if not archive.is_dir():
+        raise ArchiveError(f"archive {archive} is not a folder")
+    if out.exists():
+        raise OptionError(f"{out} exists; choose another --out")
+    listing = scan_folder(archive, ARCHIVE_EXTENSIONS)
+    keys = [s.key for s in rasters.group_layout(listing.keys, listing.skipped,
+                                                "band-folder").samples]
+    found = read_labels(archive, keys, nomenclature, metadata)
+    if not found.rows:
+        raise ArchiveError(f"{archive}: none of the {len(keys)} patch folders has a usable "
+                           "label" + (f" ({found.notes[0]})" if found.notes else ""))
+    atomic_write_text(out, onehot_csv(found))
+    return found

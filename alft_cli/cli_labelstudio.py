@@ -98,9 +98,9 @@ def push(
     Examples:
       alft labelstudio push -p proj --url http://localhost:8080 --create 'round 1'
     """
-    from alft_cli import api
+    from alft_cli.labelstudio import api as ls_api
 
-    r = api.labelstudio_push(project, api_key=_api_key(api_key_file), url=url,
+    r = ls_api.push(project, api_key=_api_key(api_key_file), url=url,
                              ls_project=ls_project, create=create,
                              image_url_prefix=image_url_prefix, document_root=document_root)
     for note in r.notes:
@@ -139,9 +139,9 @@ def pull(
     Examples:
       alft labelstudio pull -p proj --wait --interval 60
     """
-    from alft_cli import api
+    from alft_cli.labelstudio import api as ls_api
 
-    r = api.labelstudio_pull(project, api_key=_api_key(api_key_file), url=url, wait=wait,
+    r = ls_api.pull(project, api_key=_api_key(api_key_file), url=url, wait=wait,
                              timeout_s=timeout, interval_s=interval)
     for note in r.notes:
         out.print(f"note: {note}")
@@ -172,9 +172,9 @@ def status(
     Examples:
       alft labelstudio status -p proj --json
     """
-    from alft_cli import api
+    from alft_cli.labelstudio import api as ls_api
 
-    info = api.labelstudio_status(project, api_key=_api_key(api_key_file), url=url)
+    info = ls_api.status(project, api_key=_api_key(api_key_file), url=url)
     if as_json:
         out.print(json.dumps(info), markup=False)
         return

@@ -35,6 +35,27 @@ from alft_cli.project import ARCHIVE_META, Project, archive_location, open_proje
 from alft_cli.raster_index import RasterOptions, RasterPlan
 from alft_cli.store import SampleRecord, Store, encode_y, now_iso
 
+# The paper's split of UC Merced: half the archive for val and test (with gold labels).
+PAPER_VAL_FRACTION = 0.25
+PAPER_TEST_FRACTION = 0.25
+
+
+def split_fractions(val_fraction: float | None, test_fraction: float | None,
+                    has_gold: bool) -> tuple[float, float]:
+    """The val/test fractions to use: the paper's with gold labels, none without (nothing to
+    evaluate against); refused when they leave no pool or need gold labels not given."""
+    val = (PAPER_VAL_FRACTION if has_gold else 0.0) if val_fraction is None else float(val_fraction)
+    test = ((PAPER_TEST_FRACTION if has_gold else 0.0) if test_fraction is None
+            else float(test_fraction))
+    if not 0 <= val < 1 or not 0 <= test < 1:
+        raise OptionError("--val-fraction and --test-fraction must be in [0, 1)")
+    if val + test >= 1:
+        raise OptionError("--val-fraction + --test-fraction must leave a pool (sum < 1)")
+    if (val or test) and not has_gold:
+        raise OptionError("val/test splits need gold labels to evaluate against: "
+                          "give --labels FILE, or set --val-fraction 0 --test-fraction 0")
+    return val, test
+
 
 @dataclass
 class InitPoolResult:

@@ -1,4 +1,5 @@
-"""The project directory: where every artifact lives, opening it, and its write lock.
+"""The project directory: where every artifact lives, opening it, and its write lock;
+:func:`writing` and :func:`reading` are how every command opens it.
 
 Layout::
 
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alft_cli.config import ProjectConfig
 from alft_cli.errors import ProjectBusyError, ProjectError
@@ -178,3 +180,41 @@ def _read_holder(lock_path: Path) -> dict:
         return json.loads(lock_path.read_text() or "{}")
     except (OSError, ValueError):
         return {}
+
+
+@contextlib.contextmanager
+def writing(project_dir: Path | str, command: str, args: dict[str, Any]) -> Iterator[Project]:
+    """Lock the project, open it, and record the command in the runs table.
+
+    What every writing command does around its work: the run is recorded as ok, failed or
+    interrupted, whatever happens inside."""
+    root = Path(project_dir)
+    if not (root / "config.json").exists():
+        open_project(root).close()  # raises the precise "not a project" error
+    with project_lock(root, command):
+        project = open_project(root)
+        try:
+            with project.store.transaction():
+                run_id = project.store.start_run(command, args)
+            status = "failed"
+            try:
+                yield project
+                status = "ok"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                with project.store.transaction():
+                    project.store.finish_run(run_id, status)
+        finally:
+            project.close()
+
+
+@contextlib.contextmanager
+def reading(project_dir: Path | str) -> Iterator[Project]:
+    """Open the project read-only (never waits for a writer) and close it afterwards."""
+    project = open_project(project_dir, readonly=True)
+    try:
+        yield project
+    finally:
+        project.close()

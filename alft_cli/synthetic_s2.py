@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from alft_cli.errors import ArchiveError, OptionError
-from alft_cli.synthetic import SyntheticArchive, _fractal
+from alft_cli.scenes import fractal
+from alft_cli.synthetic import SyntheticArchive
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 RESOLUTION_M = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
@@ -193,11 +194,11 @@ def s2_patch(rng: np.random.Generator, size: int, classes: Sequence[str] = CLASS
     c = (np.arange(size, dtype=np.float32) + 0.5) / size
     X, Y = c[None, :], c[:, None]
     seeds = rng.uniform(0.1, 0.9, size=(k, 2))
-    dist = np.stack([np.hypot(X - sx, Y - sy) + 0.12 * _fractal(rng, size, 3, 2)
+    dist = np.stack([np.hypot(X - sx, Y - sy) + 0.12 * fractal(rng, size, 3, 2)
                      for sx, sy in seeds])
     region = np.argmin(dist, axis=0)
     refl = np.empty((len(BANDS), size, size), dtype=np.float32)
-    texture = 1.0 + 0.07 * _fractal(rng, size, 8, 3)
+    texture = 1.0 + 0.07 * fractal(rng, size, 8, 3)
     for j, cls in enumerate(picked):
         mask = region == j
         spectrum = np.asarray(SPECTRA[classes[cls]], dtype=np.float32)

@@ -45,7 +45,7 @@ import numpy as np
 # Run from a checkout without installing: `python bench/bench_tag.py`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Not alft_cli.export here: it imports torch, which the RSS children must not carry.
-from alft_cli import tag  # noqa: E402
+from alft_cli import onnxrun, tag  # noqa: E402
 from alft_cli.progress import Reporter, set_reporter  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -130,7 +130,7 @@ def throughput(work: Path, n_images: int, size: int, batch: int, repeats: int,
     for backbone in backbones:
         path = work / f"{backbone}.onnx"
         model = _export(backbone, size, path)
-        session, provider = tag.open_session(path, device, threads)
+        session, provider = onnxrun.open_session(path, device, threads)
         with torch.inference_mode():
             want = torch.sigmoid(model(torch.from_numpy(x[:batch]))).numpy()
         parity = float(np.abs(session.run(None, {"image": x[:batch]})[0] - want).max())
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=tag.cpu_count(),
+    parser.add_argument("--threads", type=int, default=onnxrun.cpu_count(),
                         help="intra-op threads for torch and onnxruntime alike (default: cores)")
     parser.add_argument("--model-only-images", type=int, default=256,
                         help="pre-decoded images for the model-only rates")
@@ -255,7 +255,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-          f"({tag.cpu_count()} usable); torch {torch.__version__}, onnxruntime "
+          f"({onnxrun.cpu_count()} usable); torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after; {time.perf_counter() - started:.0f} s in all\n")
     where = ", ".join(sorted({r["provider"] for r in rows}))

@@ -239,7 +239,7 @@ def _tag(args: argparse.Namespace, base: Path, labels_csv: Path, device: Any,
     import numpy as np
     import torch
 
-    from alft_cli import api, tag
+    from alft_cli import api, onnxrun, tag
     from alft_cli.finetune import load_model
     from alft_cli.images import load_image
 
@@ -263,7 +263,7 @@ def _tag(args: argparse.Namespace, base: Path, labels_csv: Path, device: Any,
                 os.link(root / key, subset / key)
             except OSError:
                 shutil.copyfile(root / key, subset / key)
-    threads = tag.cpu_count()
+    threads = onnxrun.cpu_count()
     out = base.parent / "tags.csv"
     out.unlink(missing_ok=True)
     result = tag.tag_archive(Path(exported.path), subset, out, device="auto", batch_size=32,

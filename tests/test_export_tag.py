@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from alft_cli import api, export, tag
+from alft_cli import api, export, onnxrun, tag
 from alft_cli.errors import AlftError, CheckpointError, OptionError
 from alft_cli.images import CONVERSIONS, RESIZE_METHOD
 from alft_cli.progress import Reporter, set_reporter
@@ -516,7 +516,7 @@ def test_other_option_errors(built, tmp_path):
         _cpu(model, tmp_path / "nothere", tmp_path / "t.csv")
 
 
-@pytest.mark.skipif(tag.cuda_device_count() > 0, reason="a CUDA GPU is present")
+@pytest.mark.skipif(onnxrun.cuda_device_count() > 0, reason="a CUDA GPU is present")
 def test_device_cuda_without_gpu_is_an_option_error(built, tmp_path):
     with pytest.raises(OptionError, match="--device cuda"):
         tag.tag_archive(built["export"].path, built["archive"].root, tmp_path / "t.csv",
@@ -533,12 +533,12 @@ def test_device_cuda_without_gpu_is_an_option_error(built, tmp_path):
     assert [m for _, m in rep.messages if "onnxruntime" in m][0].count("GPU not used") == 1
 
 
-@pytest.mark.skipif(tag.cuda_device_count() > 0, reason="a CUDA GPU is present")
+@pytest.mark.skipif(onnxrun.cuda_device_count() > 0, reason="a CUDA GPU is present")
 def test_a_cuda_provider_that_fails_to_load_falls_back_in_one_line(built, tmp_path,
                                                                     monkeypatch, capfd):
     # Pretend the driver reports a GPU: onnxruntime then really tries its CUDA provider,
     # which cannot load here, and its C++ error log must not reach the user.
-    monkeypatch.setattr(tag, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(onnxrun, "cuda_device_count", lambda: 1)
     rep = Reporter()
     previous = set_reporter(rep)
     try:

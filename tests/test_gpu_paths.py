@@ -369,7 +369,7 @@ def test_resolve_device_checks_the_gpu_number(monkeypatch):
 
 
 def test_onnxruntime_cuda_provider_gets_the_heuristic_algorithm_search(monkeypatch, tmp_path):
-    from alft_cli import tag
+    from alft_cli import onnxrun
 
     seen = []
 
@@ -379,10 +379,10 @@ def test_onnxruntime_cuda_provider_gets_the_heuristic_algorithm_search(monkeypat
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not used")
-    monkeypatch.setattr(tag, "_cuda_problem", lambda ort: None)
-    monkeypatch.setattr(tag, "_try_session", try_session)
+    monkeypatch.setattr(onnxrun, "_cuda_problem", lambda ort: None)
+    monkeypatch.setattr(onnxrun, "_try_session", try_session)
     with pytest.raises(OptionError, match="--device cuda"):
-        tag.open_session(model, "cuda")
+        onnxrun.open_session(model, "cuda")
     assert seen[0] == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
                        "CPUExecutionProvider"]
 

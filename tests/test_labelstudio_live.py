@@ -1,4 +1,4 @@
-"""The Label Studio client (alft_cli.labelstudio_live): pure helpers, then a real server.
+"""The Label Studio client (alft_cli.labelstudio.client): pure helpers, then a real server.
 
 The server tests use the session's real Label Studio (``label_studio`` fixture, marked
 ``labelstudio``); everything they check was done by the server itself.
@@ -22,7 +22,7 @@ from alft_cli.labels.lstasks import (
     order_score,
     write_label_studio_files,
 )
-from alft_cli.labelstudio_live import Client, check_url, config_problems
+from alft_cli.labelstudio.client import Client, check_url, config_problems
 
 CLASSES = ["airplane", "bare-soil", "cars"]
 ODD_NAMES = ["river bank/tile #1.jpg", "a&b?.jpg", "100% plain.png", "ünï/cödé.jpg"]

@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alft_cli import api, labelstudio_live
+from alft_cli import api
 from alft_cli.errors import LabelFileError, LabelStudioError, OptionError
 from alft_cli.labels import label_studio_config
-from alft_cli.labelstudio_live import Client
+from alft_cli.labelstudio import api as ls_api
+from alft_cli.labelstudio import client as labelstudio_live
+from alft_cli.labelstudio.client import Client
 from alft_cli.project import open_project
 from alft_cli.store import decode_y
 
@@ -101,10 +103,10 @@ def test_push_pull_equals_the_file_route(label_studio, archive, tmp_path):
     root = _project(archive, tmp_path / "live")
     push = dict(api_key=label_studio.api_key, url=label_studio.url,
                 document_root=label_studio.document_root)
-    first = api.labelstudio_push(root, create="alft live", **push)
+    first = ls_api.push(root, create="alft live", **push)
     assert (first.pushed, first.added, first.existing, first.rounds) == (8, 8, 0, [0])
     assert "alft labelstudio pull" in api.status(root)["next"]
-    again = api.labelstudio_push(root, **push)  # the linked project; nothing new
+    again = ls_api.push(root, **push)  # the linked project; nothing new
     assert (again.project_id, again.added, again.existing) == (first.project_id, 0, 8)
     assert len(client.tasks(first.project_id)) == 8
 
@@ -118,9 +120,9 @@ def test_push_pull_equals_the_file_route(label_studio, archive, tmp_path):
     assert [t["data"]["rank"] for t in by_id] == list(range(1, 9))  # ids follow alft's order
 
     _give(client, ids, FIRST)
-    st = api.labelstudio_status(root, api_key=label_studio.api_key)
+    st = ls_api.status(root, api_key=label_studio.api_key)
     assert (st["pushed"], st["done"], st["skipped"], st["untouched"]) == (8, 4, 1, 3)
-    r = api.labelstudio_pull(root, api_key=label_studio.api_key)
+    r = ls_api.pull(root, api_key=label_studio.api_key)
     assert (r.imported, r.skipped, r.untouched, r.pending_left) == (4, 1, 3, 4)
     assert _labels(root) == EXPECTED_FIRST
     assert r.files and r.files[0].parent == root / "rounds" / "round_000"
@@ -152,12 +154,12 @@ def test_push_pull_equals_the_file_route(label_studio, archive, tmp_path):
 
     # The rest is answered (the skipped image too, later): the next pull completes it.
     _give(client, ids, REST)
-    r = api.labelstudio_pull(root, api_key=label_studio.api_key)
+    r = ls_api.pull(root, api_key=label_studio.api_key)
     assert (r.imported, r.skipped, r.untouched, r.pending_left) == (4, 0, 0, 0)
     assert _labels(root) == {**EXPECTED_FIRST, NAMES[2]: {"cars"}, NAMES[5]: {"airplane"},
                              NAMES[6]: set(), NAMES[7]: {"bare-soil", "cars"}}
     with pytest.raises(OptionError, match="no images are pending"):
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
 
 
 def test_refusals_change_nothing(label_studio, archive, tmp_path):
@@ -168,22 +170,22 @@ def test_refusals_change_nothing(label_studio, archive, tmp_path):
 
     wrong = client.create_project("alft wrong", label_studio_config(["airplane", "boats"]))
     with pytest.raises(LabelStudioError, match="lacks the project classes bare-soil, cars"):
-        api.labelstudio_push(root, api_key=label_studio.api_key, ls_project=wrong.id, **push)
+        ls_api.push(root, api_key=label_studio.api_key, ls_project=wrong.id, **push)
     with pytest.raises(LabelStudioError, match="refused the API key") as e:
-        api.labelstudio_push(root, api_key="wrong-key-123456", create="alft bad key", **push)
+        ls_api.push(root, api_key="wrong-key-123456", create="alft bad key", **push)
     assert "wrong-key-123456" not in e.value.message
     with pytest.raises(OptionError, match="document root"):
-        api.labelstudio_push(root, api_key=label_studio.api_key, create="alft x",
+        ls_api.push(root, api_key=label_studio.api_key, create="alft x",
                              url=label_studio.url, document_root=tmp_path / "elsewhere")
     # A document root the server does not have: found by loading one image, and the project
     # made for the push is taken back.
     before = {p.title for p in client._sdk.projects.list()}
     with pytest.raises(LabelStudioError, match="cannot show the archive's images"):
-        api.labelstudio_push(root, api_key=label_studio.api_key, create="alft wrong root",
+        ls_api.push(root, api_key=label_studio.api_key, create="alft wrong root",
                              url=label_studio.url, document_root=tmp_path)
     assert {p.title for p in client._sdk.projects.list()} == before
     with pytest.raises(OptionError, match="nothing was pushed"):
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
     project = open_project(root, readonly=True)
     assert project.store.ls_current_link() is None and len(project.store.pending()) == 8
     project.close()
@@ -191,25 +193,25 @@ def test_refusals_change_nothing(label_studio, archive, tmp_path):
 
     # Pushed, then: an unknown class in an answer (the config was edited in Label Studio),
     # a deleted task, a deleted project. Each refuses the whole pull with one line.
-    r = api.labelstudio_push(root, api_key=label_studio.api_key, create="alft refusals", **push)
+    r = ls_api.push(root, api_key=label_studio.api_key, create="alft refusals", **push)
     ids = _task_ids(client, r.project_id)
     _answer(client, ids[NAMES[0]], ["cars"])
     _answer(client, ids[NAMES[1]], ["boats"])
     with pytest.raises(LabelFileError) as e:
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
     assert f"task {ids[NAMES[1]]}: unknown class 'boats'" in " ".join(e.value.details)
     assert _labels(root) == {} and len(_pending(root)) == 8
     client._sdk.annotations.delete(id=client.export(r.project_id, [ids[NAMES[1]]])[0]
                                    ["annotations"][0]["id"])
     client._sdk.tasks.delete(id=ids[NAMES[7]])
     with pytest.raises(LabelStudioError, match=r"no longer has 1 pushed task .*fields/f4.png"):
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
     assert _labels(root) == {}
-    assert api.labelstudio_push(root, api_key=label_studio.api_key, **push).added == 1
-    assert api.labelstudio_pull(root, api_key=label_studio.api_key).imported == 1
+    assert ls_api.push(root, api_key=label_studio.api_key, **push).added == 1
+    assert ls_api.pull(root, api_key=label_studio.api_key).imported == 1
     client.delete_project(r.project_id)
     with pytest.raises(LabelStudioError, match=f"has no project {r.project_id} .deleted"):
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
     assert _labels(root) == {NAMES[0]: {"cars"}}
 
 
@@ -276,7 +278,7 @@ def test_server_gone_mid_pull_then_wait(label_studio, archive, tmp_path, monkeyp
     proxy = _Proxy(int(label_studio.url.rsplit(":", 1)[1]))
     via = f"http://127.0.0.1:{proxy.port}"
     root = _project(archive, tmp_path / "proj")
-    r = api.labelstudio_push(root, api_key=label_studio.api_key, url=via, create="alft gone",
+    r = ls_api.push(root, api_key=label_studio.api_key, url=via, create="alft gone",
                              document_root=label_studio.document_root)
     ids = _task_ids(client, r.project_id)
     _give(client, ids, FIRST)
@@ -289,19 +291,19 @@ def test_server_gone_mid_pull_then_wait(label_studio, archive, tmp_path, monkeyp
 
     monkeypatch.setattr(labelstudio_live.Client, "export", dying_export)
     with pytest.raises(LabelStudioError, match=f"cannot reach Label Studio at {via}"):
-        api.labelstudio_pull(root, api_key=label_studio.api_key)
+        ls_api.pull(root, api_key=label_studio.api_key)
     assert _labels(root) == {} and len(_pending(root)) == 8
     assert not list((root / "rounds" / "round_000").glob("label-studio-pull*"))
     monkeypatch.setattr(labelstudio_live.Client, "export", export)
     proxy.start()  # back on the same port: the next pull completes
-    assert api.labelstudio_pull(root, api_key=label_studio.api_key).imported == 4
+    assert ls_api.pull(root, api_key=label_studio.api_key).imported == 4
     assert _labels(root) == EXPECTED_FIRST
 
     # --wait: a labeler answers the rest while pull looks every 0.2 s.
     timer = threading.Timer(0.5, _give, args=(client, ids, REST))
     timer.start()
     started = time.monotonic()
-    r = api.labelstudio_pull(root, api_key=label_studio.api_key, wait=True, interval_s=0.2,
+    r = ls_api.pull(root, api_key=label_studio.api_key, wait=True, interval_s=0.2,
                              timeout_s=60)
     timer.join()
     assert (r.pending_left, r.untouched) == (0, 0) and r.looks >= 2
@@ -323,7 +325,7 @@ def test_wait_is_bounded_and_cli_round_trip(label_studio, archive, tmp_path, cli
     assert (info["pushed"], info["untouched"], info["not_pushed"]) == (8, 8, 0)
 
     started = time.monotonic()
-    r = api.labelstudio_pull(root, api_key=label_studio.api_key, wait=True, interval_s=0.2,
+    r = ls_api.pull(root, api_key=label_studio.api_key, wait=True, interval_s=0.2,
                              timeout_s=1.0)
     assert 1.0 <= time.monotonic() - started < 10 and (r.imported, r.untouched) == (0, 8)
 

@@ -1,9 +1,10 @@
 """A project's pending query and a Label Studio project: what push sends, what pull fetches.
 
 The server side of ``alft labelstudio push/pull/status``, between the project (read only)
-and :mod:`alft_cli.labelstudio_live`. It never writes the store: :mod:`alft_cli.api` records
-the link a push returns, and answers enter the project only through ``api.import_labels``
-(a pull hands it the fetched tasks as a Label Studio JSON export).
+and :mod:`alft_cli.labelstudio.client`. It never writes the store:
+:mod:`alft_cli.labelstudio.api` records the link a push returns, and answers enter the
+project only through ``api.import_labels`` (a pull hands it the fetched tasks as a Label
+Studio JSON export).
 
 * :func:`push` sends the pending images as tasks (:mod:`alft_cli.labels.lstasks`, the same
   tasks as the file route): to a project it creates with alft's config, or to an existing
@@ -26,7 +27,7 @@ from typing import Any
 from alft_cli.errors import LabelStudioError, OptionError
 from alft_cli.labels import lstasks
 from alft_cli.labels.queryfiles import QueryRow
-from alft_cli.labelstudio_live import DEFAULT_URL, Client, LsProject
+from alft_cli.labelstudio.client import DEFAULT_URL, Client, LsProject
 
 URL_ENV = "LABEL_STUDIO_URL"
 
@@ -162,8 +163,8 @@ class PushPlan:
 def push(project: Any, link: Any, *, api_key: str, url: str | None, ls_project: int | None,
          create: str | None, image_url_prefix: str | None,
          document_root: Path | str | None) -> PushPlan:
-    """Send the pending images of ``project`` to Label Studio (see :func:`api.labelstudio_push
-    <alft_cli.api.labelstudio_push>`); ``link`` is the store's current link or None."""
+    """Send the pending images of ``project`` to Label Studio (see :func:`labelstudio.api.push
+    <alft_cli.labelstudio.api.push>`); ``link`` is the store's current link or None."""
     pending, notes = pending_tasks(project)
     # Checked before anything changes on the server: the archive must be below the root.
     image_url = lstasks.image_url_function(project.archive, prefix=image_url_prefix,
