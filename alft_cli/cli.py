@@ -459,10 +459,12 @@ def query(
     project: ProjectOpt,
     budget: Annotated[int, typer.Option("--budget", "-b", help="Images to select (B).")] = 20,
     strategy: Annotated[str, typer.Option(
-        help="auto (default: random while the model is weak, MGE+Clustering once its val F1 - "
-             "or, without val labels, the F1 of its last answered suggestions - is high) | "
-             "mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
-             "typiclust | class-aware-mge | hybrid")] = "auto",
+        help="auto (default: each batch split between MGE+Clustering and random draws, the "
+             "split moved towards the part whose labels measurably helped more in this "
+             "project; the query note says why) | mge-clustering (paper) | mge | random | "
+             "entropy | badge | coreset | kmeans | typiclust | class-aware-mge | hybrid | "
+             "auto-f1 (issue 9's rule: random below val micro-F1 0.70, MGE+Clustering from "
+             "0.80)")] = "auto",
     candidates: Annotated[int | None, typer.Option(
         help="m most uncertain images clustered by mge-clustering (default 3 x budget).")
     ] = None,

@@ -4,10 +4,12 @@
 its features h and probabilities p to the pure strategy (:mod:`alft_cli.strategies`).
 Strategies that only ever pick among the top rows of a per-sample score (mge, entropy,
 mge-clustering's top-m) are scored in one streaming pass that keeps features for those rows
-only, so memory does not grow with the pool. ``auto`` looks at how good the model is
-(:func:`model_evidence`: validation F1, or without val labels how well its last suggestions
-matched the labels people gave) and mixes MGE+Clustering with random draws accordingly.
-Under torchrun every rank scores a shard of the pool and only rank 0 selects.
+only, so memory does not grow with the pool. ``auto`` splits each batch between
+MGE+Clustering and random draws; :func:`auto_decision` reads which labeled image came from
+which part and lets :mod:`alft_cli.auto` measure whose labels helped more (features of the
+labeled and validation images only). ``auto-f1`` (issue 9's rule) mixes by how good the model
+is (:func:`model_evidence`). Under torchrun every rank scores a shard of the pool and only
+rank 0 selects.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from alft_cli.auto import SHARE_MAX, SHARE_MIN
 from alft_cli.errors import OptionError
 from alft_cli.project import Project
 
@@ -58,23 +61,21 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
     on torchrun ranks other than 0, which only take part in the scoring pass.
     """
     from alft_cli import distributed
-    from alft_cli.strategies import QueryContext, auto_weight, select
+    from alft_cli.strategies import QueryContext, select
 
     # scikit-learn takes ~1 s to import: do it while the pool is being scored, and wait
     # for it before selecting (two threads importing one package can see it half-made).
     # auto selects inside its own pass, so it imports when it gets there.
     importing = (_import_in_background("sklearn.cluster")
-                 if strategy not in ("random", "auto") else None)
+                 if strategy not in ("random", *SPLIT) else None)
     notes: list[str] = []
-    if strategy == "auto":
-        # Only auto looks at how good the model is (this may read the last query file).
-        model_f1, evidence = (model_evidence(project, model_rec) if model_rec
-                              else (None, "no model yet"))
-        share = auto_weight(model_f1)
-        selection, chosen_p = _auto_selection(project, model_rec, unlabeled, budget,
-                                              candidates, seed, share, dev, batch_size)
-        notes.append(f"auto: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
-                     f"{1 - share:.0%} random")
+    if strategy in SPLIT:
+        model = scoring_model(project, model_rec) if model_rec is not None else None
+        share, note = _split_share(project, model_rec, model, strategy, unlabeled, budget, seed,
+                                   dev, batch_size)
+        selection, chosen_p = _auto_selection(project, model, unlabeled, budget, candidates,
+                                              seed, share, dev, batch_size)
+        notes.append(note)
     else:
         rows, h, p, labeled_h, labeled_y, candidates = _score_pool(
             project, model_rec, strategy, unlabeled, labeled, budget, candidates, dev,
@@ -83,7 +84,7 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
         importing.join()
     if not distributed.env_info().is_main:
         return None
-    if strategy == "auto":
+    if strategy in SPLIT:
         chosen = unlabeled[selection.indices]
     else:
         ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
@@ -95,8 +96,120 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
                   chosen_p, notes)
 
 
+# The strategies that split each batch between MGE+Clustering and random draws.
+SPLIT = ("auto", "auto-f1")
+
+
+def _split_share(project: Project, model_rec: Any, model: Any, strategy: str,
+                 unlabeled: np.ndarray, budget: int, seed: int, dev: Any, batch_size: int
+                 ) -> tuple[float, str]:
+    """The MGE+Clustering share of a split batch and the query note that says why."""
+    from alft_cli.strategies import auto_weight, uncertainty_share
+
+    k = min(budget, len(unlabeled))
+    if model_rec is None:
+        return 0.0, f"{strategy}: no trained model yet, so the whole batch is random"
+    if strategy == "auto-f1":
+        model_f1, evidence = model_evidence(project, model_rec)
+        share = auto_weight(model_f1)
+        return share, (f"auto-f1: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
+                       f"{1 - share:.0%} random")
+    decision = auto_decision(project, model, seed, dev, batch_size)
+    k_u = uncertainty_share(decision.share, budget, len(unlabeled), True)
+    return decision.share, "auto: " + explain(decision, k_u, k)
+
+
+def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size: int) -> Any:
+    """``auto``'s share (:func:`alft_cli.auto.decide`) from the project's labeled split
+    batches: features of those images (and of up to ``MAX_HELDOUT`` gold validation images)
+    from the current model; under torchrun rank 0 decides and tells the others."""
+    from alft_cli import distributed
+    from alft_cli.auto import (
+        MAX_HELDOUT,
+        MGE,
+        RANDOM,
+        AutoEvidence,
+        decide,
+        part_of,
+        prior,
+        swappable,
+    )
+    from alft_cli.store import decode_y
+
+    store = project.store
+    labels = store.labels()
+    parts: dict[int, int] = {}
+    queried: dict[int, int | None] = {}
+    for sid, strategy, cluster in store.labeled_queries():
+        queried[int(sid)] = part = part_of(strategy, cluster)
+        if part is not None and sid in labels:
+            parts[int(sid)] = part
+    ids = np.array(sorted(parts), dtype=np.int64)
+    vid, vy = store.gold("val")
+    # Answers routed to val (--val-from-answers) were queried: only the random draws among
+    # them are a fair sample of the pool to judge the parts on.
+    fair = np.array([queried.get(int(v), RANDOM) == RANDOM for v in vid], dtype=bool)
+    vid, vy = vid[fair], vy[fair]
+    if len(vid) > MAX_HELDOUT:
+        keep = np.sort(np.random.default_rng(seed).choice(len(vid), MAX_HELDOUT, replace=False))
+        vid, vy = vid[keep], vy[keep]
+    n_mge = sum(part == MGE for part in parts.values())
+    n_random = len(parts) - n_mge
+    if not swappable(n_mge, n_random, len(vid) > 0):
+        return prior(n_mge, n_random, "validation" if len(vid) else
+                     "cross-fitted random labels", len(vid) if len(vid) else n_random)
+    from alft_cli.data import CachedImages
+
+    model.to(dev)
+    h, _ = _score(model, CachedImages(project.cache_path), np.concatenate([ids, vid]), dev,
+                  batch_size, with_p=False)
+    decision = None
+    if distributed.env_info().is_main:
+        ev = AutoEvidence(h=h[:len(ids)], y=np.stack([decode_y(labels[int(i)]) for i in ids]),
+                          part=np.array([parts[int(i)] for i in ids]),
+                          heldout_h=h[len(ids):] if len(vid) else None,
+                          heldout_y=vy if len(vid) else None)
+        decision = decide(ev, seed)
+    return _from_rank0(decision)
+
+
+def _from_rank0(obj: Any) -> Any:
+    """``obj`` as rank 0 has it, on every rank (itself without torchrun)."""
+    from alft_cli import distributed
+
+    if not distributed.env_info().enabled:
+        return obj
+    import torch
+
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def explain(d: Any, k_u: int, k: int) -> str:
+    """Why ``auto`` split the batch as it did, in one sentence of the query note."""
+    split = f"{k_u} of {k} by MGE+Clustering, {k - k_u} random"
+    if d.p_mge_better is None:
+        if d.n_mge == 0:
+            why = "no labeled MGE+Clustering picks to judge yet"
+        else:
+            why = (f"too few labels to judge yet ({d.n_mge} from MGE+Clustering, "
+                   f"{d.n_random} random, held out: {d.heldout})")
+        return f"{why} -> the prior even split: {split}"
+    held = (f"the {d.n_heldout} validation images" if d.heldout == "validation"
+            else f"the {d.n_heldout} random labels, cross-fitted")
+    clipped = "" if d.share == d.p_mge_better else (
+        f", kept within {SHARE_MIN:g}..{SHARE_MAX:g} so both parts stay measured")
+    return (f"a ridge probe on the model's features scored on {held} changed F1 by "
+            f"{100 * d.gain:+.1f} points (micro {100 * d.gain_micro:+.1f}, macro "
+            f"{100 * d.gain_macro:+.1f}) when {d.swapped} of the {d.n_random} random labels "
+            f"were swapped for MGE+Clustering picks ({d.n_mge} labeled), and raised it in "
+            f"{d.p_mge_better:.0%} of the draws -> share {d.share:.2f}{clipped}: {split}")
+
+
 def model_evidence(project: Project, model_rec: Any) -> tuple[float | None, str]:
-    """How good the current model is, from what is known at query time (never test labels):
+    """``auto-f1``'s evidence: how good the current model is, from what is known at query
+    time (never test labels):
     its validation micro-F1 when the project has val labels; otherwise the micro-F1 of the
     latest query's suggestions against the labels people gave those images since
     (:func:`alft_cli.evidence.last_answered_suggestions`)."""
@@ -149,15 +262,17 @@ def _score_pool(project: Project, model_rec: Any, strategy: str, unlabeled: np.n
     return rows, h, p, labeled_h, labeled_y, candidates
 
 
-def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, budget: int,
+def _auto_selection(project: Project, model: Any, unlabeled: np.ndarray, budget: int,
                     candidates: int | None, seed: int, share: float, dev: Any,
                     batch_size: int) -> tuple[Any, np.ndarray | None]:
-    """``auto`` without holding the pool's features: its MGE+Clustering share comes from one
-    streamed pass that keeps only the top-m rows, its random share needs no features at all
-    (a weak model costs no pool pass), and probabilities are computed for the chosen images
-    only, for their suggestions. Picks exactly what ``select('auto')`` picks on the full
-    (h, p) (tested). Returns (selection over ``unlabeled``, probabilities of the chosen);
-    under torchrun the other ranks take part in the passes and return (None, None)."""
+    """A split batch (``auto``, ``auto-f1``) without holding the pool's features: its
+    MGE+Clustering share comes from one streamed pass that keeps only the top-m rows, its
+    random share needs no features at all (an all-random batch costs no pool pass), and
+    probabilities are computed for the chosen images only, for their suggestions. ``model``
+    is the current round's classifier, or None before any. Picks exactly what
+    ``strategies.split_batch`` picks on the full (h, p) (tested). Returns (selection over
+    ``unlabeled``, probabilities of the chosen); under torchrun the other ranks take part in
+    the passes and return (None, None)."""
     from alft_cli import distributed
     from alft_cli.data import CachedImages
     from alft_cli.embed import infer_top
@@ -172,9 +287,8 @@ def _auto_selection(project: Project, model_rec: Any, unlabeled: np.ndarray, bud
 
     n = len(unlabeled)
     k = min(budget, n)
-    k_u = uncertainty_share(share, budget, n, model_rec is not None)
+    k_u = uncertainty_share(share, budget, n, model is not None)
     cache = CachedImages(project.cache_path)
-    model = scoring_model(project, model_rec) if model_rec is not None else None
     first = Selection(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
     p_all = None
     if k_u:

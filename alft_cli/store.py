@@ -427,6 +427,14 @@ class Store:
     def delete_round_queries(self, round_: int) -> None:
         self.conn.execute("DELETE FROM queries WHERE round=? AND state!='labeled'", (round_,))
 
+    def labeled_queries(self) -> list[tuple[int, str, int | None]]:
+        """(sample_id, strategy of its round, cluster) of every queried image that got its
+        labels, oldest round first: which strategy (and which part of a mixed batch: a
+        cluster id or -1) brought each label in."""
+        return self.conn.execute(
+            "SELECT q.sample_id, r.strategy, q.cluster FROM queries q JOIN rounds r "
+            "ON r.round = q.round WHERE q.state='labeled' ORDER BY q.round, q.rank").fetchall()
+
     def queried_ids(self, round_: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "SELECT sample_id FROM queries WHERE round=? ORDER BY rank", (round_,))]

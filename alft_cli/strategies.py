@@ -84,8 +84,10 @@ class QueryContext:
             budget when N > budget).
         labeled_h: (L, D) features of the samples labeled so far (core-set, TypiClust).
         labeled_y: (L, C) 0/1 labels of the samples labeled so far (class-aware-mge).
-        model_f1: validation micro-F1 of the model that produced ``p`` (``auto``), if known.
-        n_labeled: how many samples are labeled so far (``hybrid``/``auto`` evidence).
+        model_f1: validation micro-F1 of the model that produced ``p`` (``auto-f1``), if known.
+        n_labeled: how many samples are labeled so far (``hybrid`` evidence).
+        share: the part of the batch ``auto`` gives MGE+Clustering (0..1), decided by
+            :mod:`alft_cli.auto` from the project's labeled rounds; None = 0.5, no evidence.
     """
 
     h: np.ndarray
@@ -97,6 +99,7 @@ class QueryContext:
     labeled_y: np.ndarray | None = None
     model_f1: float | None = None
     n_labeled: int | None = None
+    share: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -665,9 +668,10 @@ def _typical_order(
 # hybrid: uncertainty's share of the batch grows linearly with the labeled-set size and is
 # whole at HYBRID_FULL_AT labels (the paper's budgets end at 220).
 HYBRID_FULL_AT = 200
-# auto: below AUTO_F1_LOW validation micro-F1 the model's uncertainty is not trusted at all
-# (issue 9's CPU regime, F1 ~0.66, lost to random); from AUTO_F1_HIGH on (the paper's regime,
-# F1 ~0.8, where MGE+Clustering won) it picks the whole batch; linear in between.
+# auto-f1 (issue 9's default, kept for the record): below AUTO_F1_LOW validation micro-F1 the
+# model's uncertainty is not trusted at all (issue 9's CPU regime, F1 ~0.66, lost to random);
+# from AUTO_F1_HIGH on (the paper's regime, F1 ~0.8, where MGE+Clustering won) it picks the
+# whole batch; linear in between. Issue 18 showed the level does not carry over.
 AUTO_F1_LOW = 0.70
 AUTO_F1_HIGH = 0.80
 
@@ -726,7 +730,7 @@ def hybrid_weight(n_labeled: int | None) -> float:
 
 
 def auto_weight(model_f1: float | None) -> float:
-    """Share of the batch ``auto`` gives to MGE+Clustering, from the model's validation F1.
+    """Share of the batch ``auto-f1`` gives to MGE+Clustering, from the model's validation F1.
 
     Only evidence available at query time is used (never test labels): the query command
     passes the validation micro-F1, or without val labels the micro-F1 of the last answered
@@ -743,12 +747,26 @@ def _hybrid(ctx: QueryContext) -> Selection:
     return _mixed(ctx, hybrid_weight(ctx.n_labeled), _typiclust)
 
 
-def _auto(ctx: QueryContext) -> Selection:
-    """Random while the model is weak, MGE+Clustering once its validation F1 says it is good
-    (the regime where the paper measured a gain), a mix in between."""
-    k_u = uncertainty_share(auto_weight(ctx.model_f1), ctx.budget, len(ctx.h), ctx.p is not None)
+def split_batch(ctx: QueryContext, weight: float) -> Selection:
+    """``round(weight * k)`` picks by MGE+Clustering (cluster ids >= 0, first in rank order),
+    the rest drawn uniformly among the other rows (cluster -1): the two parts stay apart in
+    the query, so a later query can tell which part each labeled image came from."""
+    k_u = uncertainty_share(weight, ctx.budget, len(ctx.h), ctx.p is not None)
     return append_random(_uncertainty_part(ctx, k_u), len(ctx.h), min(ctx.budget, len(ctx.h))
                          - k_u, ctx.seed)
+
+
+def _auto_f1(ctx: QueryContext) -> Selection:
+    """Issue 9's rule: random while the model's validation F1 is low, MGE+Clustering once it
+    is high (the regime where the paper measured a gain), a mix in between."""
+    return split_batch(ctx, auto_weight(ctx.model_f1))
+
+
+def _auto(ctx: QueryContext) -> Selection:
+    """The default: the batch split between MGE+Clustering (``ctx.share`` of it) and random
+    draws; :mod:`alft_cli.auto` moves the share towards the part whose labels measurably
+    helped more in this project. Without a model the batch is random."""
+    return split_batch(ctx, 0.5 if ctx.share is None else ctx.share)
 
 
 STRATEGIES: dict[str, Callable[[QueryContext], Selection]] = {
@@ -763,6 +781,7 @@ STRATEGIES: dict[str, Callable[[QueryContext], Selection]] = {
     "class-aware-mge": _class_aware_mge,
     "hybrid": _hybrid,
     "auto": _auto,
+    "auto-f1": _auto_f1,
 }
 """Query strategies by name. Call them through :func:`select`, which validates the input."""
 

@@ -502,28 +502,51 @@ def test_auto_weight_follows_validation_f1():
     assert mid == pytest.approx(0.5)
 
 
-def test_auto_is_random_for_a_weak_model_and_mge_clustering_for_a_good_one():
+def test_auto_f1_is_random_for_a_weak_model_and_mge_clustering_for_a_good_one():
     h, p = _toy()
-    weak = select("auto", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.5))
+    weak = select("auto-f1", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.5))
     rand = select("random", QueryContext(h=h, p=p, budget=10, seed=4))
     assert sorted(weak.indices.tolist()) == sorted(rand.indices.tolist())
-    good = select("auto", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.95))
+    good = select("auto-f1", QueryContext(h=h, p=p, budget=10, seed=4, model_f1=0.95))
     mge = select("mge-clustering", QueryContext(h=h, p=p, budget=10, seed=4))
     assert good.indices.tolist() == mge.indices.tolist()
     # No model at all (cold start): random too, and p is not needed.
-    cold = select("auto", QueryContext(h=h, p=None, budget=10, seed=4))
+    cold = select("auto-f1", QueryContext(h=h, p=None, budget=10, seed=4))
     assert sorted(cold.indices.tolist()) == sorted(rand.indices.tolist())
 
 
-def test_auto_mix_in_between_takes_both_kinds():
+def test_auto_f1_mix_in_between_takes_both_kinds():
     from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW
 
     h, p = _toy()
     f1 = AUTO_F1_LOW + 0.3 * (AUTO_F1_HIGH - AUTO_F1_LOW)
-    sel = select("auto", QueryContext(h=h, p=p, budget=10, seed=1, model_f1=f1))
+    sel = select("auto-f1", QueryContext(h=h, p=p, budget=10, seed=1, model_f1=f1))
     assert len(set(sel.indices.tolist())) == 10
     assert (sel.clusters >= 0).sum() == 3  # 30% by MGE+Clustering (clustered)
     assert (sel.clusters == -1).sum() == 7  # the rest random
+
+
+@pytest.mark.parametrize("share, n_mge", [(None, 5), (0.1, 1), (0.78, 8), (0.9, 9)])
+def test_auto_splits_the_batch_by_its_share(share, n_mge):
+    """auto's MGE+Clustering part (clustered, first) is round(share * k) of the batch, the
+    even split without a share; it is mge-clustering's choice for that many picks, and the
+    random part is drawn among the other rows as the random strategy draws."""
+    h, p = _toy()
+    sel = select("auto", QueryContext(h=h, p=p, budget=10, seed=3, share=share))
+    assert len(set(sel.indices.tolist())) == 10
+    assert sel.clusters[:n_mge].min() >= 0 and (sel.clusters[n_mge:] == -1).all()
+    part = select("mge-clustering", QueryContext(h=h, p=p, budget=n_mge, seed=3))
+    assert sel.indices[:n_mge].tolist() == part.indices.tolist()
+    rest = np.setdiff1d(np.arange(len(h)), part.indices)
+    drawn = select("random", QueryContext(h=h[rest], p=None, budget=10 - n_mge, seed=3))
+    assert sel.indices[n_mge:].tolist() == rest[drawn.indices].tolist()
+
+
+def test_auto_without_a_model_is_random():
+    h, p = _toy()
+    cold = select("auto", QueryContext(h=h, p=None, budget=10, seed=4, share=0.9))
+    rand = select("random", QueryContext(h=h, p=None, budget=10, seed=4))
+    assert cold.indices.tolist() == rand.indices.tolist()
 
 
 def test_hybrid_moves_from_typicality_to_uncertainty():

@@ -156,8 +156,9 @@ def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     assert {"rank", "score", "cluster", "labels"} <= set(rows[0])
     assert any(k.startswith("p_") for k in rows[0])
     # auto's MGE+Clustering picks carry their cluster (0..k-1), its random picks -1; the
-    # command says which evidence set the share.
-    assert "note: auto: validation micro-F1" in r.stdout, r.stdout
+    # command says why it split the batch so (no MGE+Clustering labels yet: evenly).
+    assert ("note: auto: no labeled MGE+Clustering picks to judge yet -> the prior even "
+            "split: 3 of 6 by MGE+Clustering, 3 random") in r.stdout, r.stdout
     clustered = sorted(int(row["cluster"]) for row in rows if int(row["cluster"]) >= 0)
     assert clustered == list(range(len(clustered)))
     assert all(int(row["cluster"]) == -1 for row in rows[len(clustered):])
@@ -271,9 +272,13 @@ def test_query_under_torchrun_matches_one_process(trained):
 
 
 def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
-    """auto queries without holding the pool's features (top-m pass for its MGE share, no
-    pass at all for its random share); every regime must equal select('auto') on the full
-    (h, p), and the suggestions must be the chosen images' probabilities."""
+    """auto and auto-f1 query without holding the pool's features (top-m pass for the MGE
+    share, no pass at all for an all-random batch); every share must equal the pure
+    strategy on the full (h, p), and the suggestions must be the chosen images'
+    probabilities."""
+    from dataclasses import replace
+
+    from alft_cli.auto import prior
     from alft_cli.data import CachedImages
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
@@ -295,15 +300,20 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
     p.close()
     h, prob = infer(model, cache, unlabeled, torch.device("cpu"))
     mid = AUTO_F1_LOW + 0.4 * (AUTO_F1_HIGH - AUTO_F1_LOW)
-    for f1 in (0.3, mid, 0.95):
+    cases = [("auto-f1", {"model_f1": f1}) for f1 in (0.3, mid, 0.95)]
+    cases += [("auto", {"share": share}) for share in (0.1, 0.5, 0.9)]
+    for strategy, evidence in cases:
+        f1, share = evidence.get("model_f1"), evidence.get("share")
         monkeypatch.setattr(scoring, "model_evidence", lambda *_, f1=f1: (f1, "test"))
-        r = api.query(trained, budget=6, strategy="auto", seed=5, force=True, device="cpu")
-        expected = select("auto", QueryContext(h=h, p=prob, budget=6,
-                                               seed=round_seed(5, r.round), model_f1=f1))
+        monkeypatch.setattr(scoring, "auto_decision", lambda *_, share=share: replace(
+            prior(0, 0, "none", 0), share=share))
+        r = api.query(trained, budget=6, strategy=strategy, seed=5, force=True, device="cpu")
+        expected = select(strategy, QueryContext(h=h, p=prob, budget=6,
+                                                 seed=round_seed(5, r.round), **evidence))
         p = open_project(trained)
         got = p.store.queried_ids(p.store.current_round())
         p.close()
-        assert got == unlabeled[expected.indices].tolist(), f1
+        assert got == unlabeled[expected.indices].tolist(), (strategy, evidence)
         rows = list(csv.DictReader(open(r.query_file)))
         for row, i in zip(rows, expected.indices):
             assert row["filename"] == keys[int(unlabeled[i])]
@@ -322,10 +332,10 @@ main()
 
 @pytest.mark.slow
 def test_auto_under_torchrun_matches_one_process_in_every_regime(trained, tmp_path):
-    """auto's MGE share comes from a streamed pass whose top rows only rank 0 receives; the
-    other ranks must take part in the pass and leave the selection to rank 0. The evidence
-    is forced (0.95: all MGE+Clustering, 0.75: mixed), since a tiny model's own val F1 would
-    only ever reach the random regime."""
+    """A split batch's MGE share comes from a streamed pass whose top rows only rank 0
+    receives; the other ranks must take part in the pass and leave the selection to rank 0.
+    auto-f1's evidence is forced (0.95: all MGE+Clustering, 0.75: mixed), since a tiny
+    model's own val F1 would only ever reach the random regime."""
     wrapper = tmp_path / "auto_with_evidence.py"
     wrapper.write_text(AUTO_WRAPPER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ALFT_LOCK_TIMEOUT": "1"}
@@ -335,7 +345,7 @@ def test_auto_under_torchrun_matches_one_process_in_every_regime(trained, tmp_pa
                           "--master_port=29532"], []):
             proc = subprocess.run(
                 [sys.executable, *launcher, str(wrapper), f1, "query", "-p", str(trained),
-                 "--budget", "5", "--seed", "11", "--strategy", "auto", "--force",
+                 "--budget", "5", "--seed", "11", "--strategy", "auto-f1", "--force",
                  "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
             assert proc.returncode == 0, proc.stderr[-3000:]
             from alft_cli.project import open_project
@@ -371,3 +381,33 @@ def test_ctrl_c_is_acknowledged_at_once():
                     pass
     finally:
         set_reporter(previous)
+
+
+@pytest.mark.slow
+def test_auto_evidence_under_torchrun_matches_one_process(trained, tiny_archive, tmp_path):
+    """With labeled MGE+Clustering and random parts, auto scores their features (sharded
+    under torchrun), rank 0 decides the share and tells the other ranks: the query and its
+    note are the same as in one process."""
+    import shutil
+
+    root = tmp_path / "proj"
+    shutil.copytree(trained, root)
+    api.query(root, budget=8, strategy="auto", seed=3, force=True, device="cpu")
+    api.import_labels(root, _answer_pending(root, tiny_archive, "r1.csv"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALFT_LOCK_TIMEOUT": "1"}
+    picked, notes = [], []
+    for launcher in (["-m", "torch.distributed.run", "--nproc_per_node=2",
+                      "--master_port=29533", "-m", "alft_cli"], ["-m", "alft_cli"]):
+        proc = subprocess.run(
+            [sys.executable, *launcher, "query", "-p", str(root), "--budget", "5", "--seed",
+             "2", "--force", "--device", "cpu"], capture_output=True, text=True, env=env,
+            timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        notes.append(next(line for line in proc.stdout.splitlines() if "auto:" in line))
+        from alft_cli.project import open_project
+
+        p = open_project(root)
+        picked.append(p.store.queried_ids(p.store.current_round()))
+        p.close()
+    assert "a ridge probe on the model's features scored on the" in notes[1], notes
+    assert notes[0] == notes[1] and picked[0] == picked[1] and len(set(picked[0])) == 5

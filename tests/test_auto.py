@@ -1,0 +1,100 @@
+"""auto's decision core (alft_cli.auto): the probe and F1 against scikit-learn, known answers
+on hand-made labeled sets where one part's labels are clearly the better ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.metrics import f1_score
+
+from alft_cli import auto
+from alft_cli.auto import MGE, RANDOM, AutoEvidence, decide, f1_micro_macro, part_of
+
+
+@pytest.mark.parametrize("n, d", [(30, 8), (12, 40)])  # primal and dual solves
+def test_ridge_predict_equals_scikit_learn(n, d):
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(n, d)), rng.normal(size=(7, d))
+    y = (rng.uniform(size=(n, 3)) < 0.4).astype(float)
+    want = Ridge(alpha=0.05 * n).fit(x, y).predict(z)
+    np.testing.assert_allclose(auto.ridge_predict(x, y, z, lam=0.05), want, atol=1e-8)
+
+
+def test_f1_matches_scikit_learn_with_empty_classes():
+    rng = np.random.default_rng(1)
+    y = rng.uniform(size=(40, 6)) < 0.3
+    pred = rng.uniform(size=(40, 6)) < 0.3
+    y[:, 4] = pred[:, 4] = False  # a class nobody has and nobody predicts: F1 0, as sklearn
+    micro, macro = f1_micro_macro(y, pred)
+    assert micro == pytest.approx(f1_score(y, pred, average="micro", zero_division=0))
+    assert macro == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    assert f1_micro_macro(np.zeros((3, 2)), np.zeros((3, 2))) == (0.0, 0.0)
+
+
+def test_parts_come_from_the_round_strategy_and_cluster():
+    assert part_of("random", -1) == RANDOM
+    assert part_of("mge-clustering", 3) == MGE
+    assert part_of("auto", 0) == MGE and part_of("auto", -1) == RANDOM
+    assert part_of("auto-f1", 2) == MGE and part_of("auto-f1", -1) == RANDOM
+    assert part_of("coreset", -1) is None and part_of("typiclust", 4) is None
+
+
+def test_no_or_too_little_evidence_keeps_the_even_split():
+    assert decide(None).share == auto.SHARE_PRIOR and decide(None).p_mge_better is None
+    h = np.eye(6)
+    y = np.eye(6)[:, :2]
+    one_mge = AutoEvidence(h, y, np.array([RANDOM] * 5 + [MGE]), h, y)
+    d = decide(one_mge)
+    assert d.share == auto.SHARE_PRIOR and (d.n_mge, d.n_random) == (1, 5)
+    assert auto.swappable(1, 50, True) == 0 and auto.swappable(9, 50, True) == 9
+    # Cross-fitting holds out a fifth of the random labels; fewer than 5 cannot be folded.
+    assert auto.swappable(50, 10, False) == 8 and auto.swappable(50, 4, False) == 0
+
+
+def _world(seed: int = 0):
+    """Two classes on two directions of a 2-d feature plane, one label each; images near
+    the boundary are rare in the pool and random draws almost never hit them."""
+    rng = np.random.default_rng(seed)
+
+    def images(n, spread, centre):
+        angle = centre + rng.uniform(-spread, spread, n)
+        h = np.c_[np.cos(angle), np.sin(angle), 0.05 * rng.normal(size=n)]
+        # Class 1 on one side of the diagonal direction (angle pi/4), class 0 on the other.
+        y = np.c_[angle < np.pi / 4, angle >= np.pi / 4].astype(float)
+        return h, y
+
+    return images
+
+
+def test_share_follows_the_part_whose_labels_help_more():
+    """Known answer: when the random labels are all from one class (a skewed pool), MGE
+    picks that cover both classes must win the swap; when the MGE picks are mislabeled
+    noise, random must win. Both with validation labels and by cross-fitting."""
+    images = _world(0)
+    h_r, y_r = images(40, 0.3, 0.2)           # random labels: almost all class 0
+    h_r2, y_r2 = images(6, 0.3, 1.35)         # ... and a few of class 1
+    h_u, y_u = images(40, 0.25, np.pi / 4)    # MGE picks straddle the boundary
+    h_v, y_v = images(200, 0.8, np.pi / 4)    # held-out: the whole range
+    h = np.r_[h_r, h_r2, h_u]
+    y = np.r_[y_r, y_r2, y_u]
+    part = np.r_[[RANDOM] * 46, [MGE] * 40]
+    good = decide(AutoEvidence(h, y, part, h_v, y_v), seed=1)
+    assert good.share == auto.SHARE_MAX and good.p_mge_better > 0.95 and good.gain > 0
+    assert good.heldout == "validation" and good.n_heldout == 200 and good.swapped == 40
+
+    # The same MGE images with their labels flipped: they can only hurt.
+    bad = decide(AutoEvidence(h, np.r_[y_r, y_r2, 1 - y_u], part, h_v, y_v), seed=1)
+    assert bad.share == auto.SHARE_MIN and bad.p_mge_better < 0.05 and bad.gain < 0
+    cross = decide(AutoEvidence(h, np.r_[y_r, y_r2, 1 - y_u], part), seed=1)
+    assert cross.heldout == "cross-fitted random labels" and cross.n_heldout == 46
+    assert cross.share == auto.SHARE_MIN and cross.gain < 0
+
+
+def test_same_evidence_and_seed_same_share():
+    images = _world(3)
+    h_r, y_r = images(30, 0.8, np.pi / 4)
+    h_u, y_u = images(20, 0.1, np.pi / 4)
+    ev = AutoEvidence(np.r_[h_r, h_u], np.r_[y_r, y_u], np.r_[[RANDOM] * 30, [MGE] * 20])
+    assert decide(ev, seed=5) == decide(ev, seed=5)
+    assert auto.SHARE_MIN <= decide(ev, seed=5).share <= auto.SHARE_MAX
