@@ -5,7 +5,7 @@ an image is the classes with p >= 0.5. Once people have answered those images, t
 agreement of suggestions and answers (micro-F1) says how good the model that suggested was,
 out of sample: the images were not in its training set. It is a round behind the current
 model and measured on queried (hard or unusual) images, so it errs on the cautious side.
-``auto`` steers by it when there are no validation labels; ``status`` and ``finetune`` show
+``auto-f1`` steers by it when there are no validation labels; ``status`` and ``finetune`` show
 it; ``import-labels`` uses the suggestions to ask whether answers that all equal them were
 reviewed.
 """

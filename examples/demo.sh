@@ -29,7 +29,7 @@ $labeler "$proj/rounds/round_000/query.csv" "$out/initial-answers.csv"
 alft import-labels "$out/initial-answers.csv" -p "$proj"
 alft finetune -p "$proj" "${finetune[@]}"
 
-echo "== 5. active-learning rounds: query (auto: random while the model is weak, MGE+Clustering once it is good) -> label -> import -> fine-tune"
+echo "== 5. active-learning rounds: query (auto: MGE+Clustering and random draws, split by whose labels helped more) -> label -> import -> fine-tune"
 bash "$here/al_rounds.sh" "$proj" 3 20 "$labeler" "${finetune[@]}"
 
 echo "== 6. where things stand (rounds, labels, val/test F1), and a consistency check"
