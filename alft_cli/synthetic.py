@@ -254,12 +254,7 @@ def generate_archive(
         keys.append(key)
         rows.append(labels)
     Y = np.stack(rows)
-    labels_csv = out_dir / "labels.csv"
-    with labels_csv.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["filename", *chosen])
-        for key, row in zip(keys, Y, strict=True):
-            writer.writerow([key, *(int(v) for v in row)])
+    labels_csv = write_gold_csv(out_dir, keys, Y, chosen)
     return SyntheticArchive(root=root, labels_csv=labels_csv, classes=chosen, Y=Y, keys=keys)
 
 
@@ -270,3 +265,15 @@ def _save(image: Image.Image, path: Path, fmt: str) -> None:
         image.save(path, fmt, quality=95, subsampling=0)
     else:
         image.save(path, fmt)
+
+
+def write_gold_csv(out_dir: Path, keys: Sequence[str], Y: np.ndarray,
+                   classes: Sequence[str]) -> Path:
+    """The archive's gold labels as ``out_dir/labels.csv`` (one-hot, keys in order)."""
+    labels_csv = out_dir / "labels.csv"
+    with labels_csv.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["filename", *classes])
+        for key, row in zip(keys, Y, strict=True):
+            writer.writerow([key, *(int(v) for v in row)])
+    return labels_csv

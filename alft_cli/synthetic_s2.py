@@ -27,7 +27,6 @@ Every file is georeferenced (UTM zone 33N, 10/20/60 m pixels, each patch at its 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from alft_cli.errors import ArchiveError, OptionError
 from alft_cli.scenes import fractal
-from alft_cli.synthetic import SyntheticArchive
+from alft_cli.synthetic import SyntheticArchive, write_gold_csv
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 RESOLUTION_M = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
@@ -170,12 +169,7 @@ def generate_s2_archive(
             keys.append(f"{patch}.tif")
         rows.append(present)
     Y = np.stack(rows).astype(np.uint8)
-    labels_csv = out_dir / "labels.csv"
-    with labels_csv.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["filename", *chosen])
-        for key, row in zip(keys, Y, strict=True):
-            writer.writerow([key, *(int(v) for v in row)])
+    labels_csv = write_gold_csv(out_dir, keys, Y, chosen)
     return SyntheticArchive(root=root, labels_csv=labels_csv, classes=chosen, Y=Y, keys=keys)
 
 
