@@ -368,3 +368,25 @@ def test_example_script_labels_the_initial_list(label_studio, project, tiny_arch
     finally:
         p.close()
     assert got == {k: truth[k] for k in got}
+
+
+def test_multiband_push_shows_quicklooks(label_studio, tmp_path):
+    """A 12-band sample cannot be shown by a browser: push sends its RGB quicklook (served
+    from the project's rounds/ folder), also for a quicklook rendered at push time."""
+    from alft_cli.synthetic_s2 import generate_s2_archive
+
+    demo = generate_s2_archive(tmp_path / "s2", n_images=6, image_size=32, seed=1)
+    root = tmp_path / "ms"
+    api.init_pool(demo.root, root, labels_file=demo.labels_csv, val_fraction=0,
+                  test_fraction=0, initial=4, image_size=32, seed=0)
+    first_png = sorted((root / "rounds" / "round_000" / "quicklooks").glob("*.png"))[0]
+    first_png.unlink()  # rendered again at push time
+    client = Client(label_studio.url, label_studio.api_key)
+    r = ls_api.push(root, create="alft multiband", api_key=label_studio.api_key,
+                    url=label_studio.url, document_root=label_studio.document_root)
+    assert r.added == 4 and "quicklooks" in r.images
+    tasks = client.export(r.project_id, list(_task_ids(client, r.project_id).values()))
+    urls = [t["data"]["image"] for t in tasks]
+    assert all(u.endswith(".png") and "/rounds/round_000/quicklooks/" in u for u in urls)
+    assert {client.image_status(u) for u in urls} == {200}
+    assert first_png.is_file()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alft_cli.errors import LabelStudioError, OptionError
 from alft_cli.labels import lstasks
@@ -45,6 +46,7 @@ class PendingTask:
     size: int  # images in its round's query: ranks run 1..size
     probabilities: list[float] | None
     model_round: int | None
+    quicklook: Path | None = None  # multi-band projects: the RGB preview people label on
 
 
 def pending_tasks(project: Any) -> tuple[list[PendingTask], list[str]]:
@@ -64,11 +66,14 @@ def pending_tasks(project: Any) -> tuple[list[PendingTask], list[str]]:
     rounds = {r.round: r for r in store.rounds()}
     notes: list[str] = []
     probs: dict[int, dict[str, list[float]]] = {}
+    quick: dict[int, dict[str, Path]] = {}
     for round_ in sorted({r for r, *_ in pending}):
         rec = rounds.get(round_)
+        path = project.resolve(rec.query_file) if rec is not None and rec.query_file else None
+        if project.config.raster is not None and path is not None:
+            quick[round_] = _query_quicklooks(path)
         if rec is None or rec.model_round is None:
             continue  # no model chose this query: nothing to suggest
-        path = project.resolve(rec.query_file) if rec.query_file else None
         found = _query_probabilities(path, project.classes) if path else None
         if found is None:
             notes.append(f"round {round_}'s query file ({rec.query_file}) cannot be read: its "
@@ -81,8 +86,44 @@ def pending_tasks(project: Any) -> tuple[list[PendingTask], list[str]]:
         out.append(PendingTask(round_, int(sample), key, int(rank), score, cluster,
                                int(sizes[round_]),
                                probs.get(round_, {}).get(key),
-                               rec.model_round if rec is not None else None))
+                               rec.model_round if rec is not None else None,
+                               quick.get(round_, {}).get(key)))
+    if project.config.raster is not None:
+        out = _with_missing_quicklooks(project, out)
     return out, notes
+
+
+def _query_quicklooks(path: Path) -> dict[str, Path]:
+    """filename -> the quicklook PNG a query file lists for it (only files that exist)."""
+    out: dict[str, Path] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                rel = row.get("quicklook") or ""
+                if rel and (path.parent / rel).is_file():
+                    out[row["filename"]] = path.parent / rel
+    except (OSError, KeyError, csv.Error):
+        return {}
+    return out
+
+
+def _with_missing_quicklooks(project: Any, tasks: list[PendingTask]) -> list[PendingTask]:
+    """Render the quicklooks a multi-band project's pending images lack (a query file from
+    before quicklooks, or a deleted PNG) into their round's ``quicklooks/`` folder: people
+    cannot label a 12-band file in a browser."""
+    from dataclasses import replace
+
+    from alft_cli import quicklooks
+
+    missing = [t for t in tasks if t.quicklook is None]
+    made: dict[tuple[int, str], Path] = {}
+    for round_ in sorted({t.round for t in missing}):
+        items = [t for t in missing if t.round == round_]
+        folder = project.round_dir(round_) / quicklooks.FOLDER
+        written = quicklooks.for_query(project, [t.sample_id for t in items],
+                                       [t.key for t in items], folder)
+        made.update({(round_, k): folder.parent / rel for k, rel in written.items()})
+    return [replace(t, quicklook=made.get((t.round, t.key), t.quicklook)) for t in tasks]
 
 
 def _query_probabilities(path: Path, classes: Sequence[str]) -> dict[str, list[float]] | None:
@@ -167,8 +208,14 @@ def push(project: Any, link: Any, *, api_key: str, url: str | None, ls_project: 
     <alft_cli.labelstudio.api.push>`); ``link`` is the store's current link or None."""
     pending, notes = pending_tasks(project)
     # Checked before anything changes on the server: the archive must be below the root.
-    image_url = lstasks.image_url_function(project.archive, prefix=image_url_prefix,
-                                           root=document_root)
+    if project.config.raster is not None and not image_url_prefix:
+        # Multi-band tasks show quicklooks from the project's folder, so the archive itself
+        # need not be below the document root (only a sample without a quicklook uses it).
+        root = lstasks.document_root(document_root)
+        image_url = lambda key: lstasks.local_files_url(project.archive / key, root)  # noqa: E731
+    else:
+        image_url = lstasks.image_url_function(project.archive, prefix=image_url_prefix,
+                                               root=document_root)
     target_url = server_url(url, link)
     client = Client(target_url, api_key)
     if create:
@@ -200,19 +247,28 @@ def _push_tasks(project: Any, client: Client, target: LsProject, pending: list[P
                 notes: list[str], image_url: Any, *, image_url_prefix: str | None,
                 document_root: Path | str | None, created: bool) -> PushPlan:
     storage_created = False
+    quick = {t.key: t.quicklook for t in pending if t.quicklook is not None}
+    served = project.archive
+    if quick:
+        # A browser shows no 12-band GeoTIFF: multi-band tasks show their RGB quicklooks,
+        # served from the project's rounds/ folder (or --image-url-prefix + the path of the
+        # quicklook below rounds/).
+        served = project.root / "rounds"
+        image_url = _quicklook_urls(quick, image_url, served, image_url_prefix, document_root)
     if image_url_prefix:
         images = f"from {image_url_prefix}"
     else:
-        storage_created = client.ensure_local_storage(target.id, project.archive)
+        storage_created = client.ensure_local_storage(target.id, served)
         probe = image_url(pending[0].key)
+        shown = "project's quicklooks" if quick else "archive's images"
         status = client.image_status(probe)
         if status != 200:
             raise LabelStudioError(
-                f"Label Studio at {client.url} cannot show the archive's images (HTTP {status} "
+                f"Label Studio at {client.url} cannot show the {shown} (HTTP {status} "
                 f"for {probe}): alft took its LOCAL_FILES_DOCUMENT_ROOT to be "
                 f"{lstasks.document_root(document_root)}; give the server's with "
                 "--document-root, or use --image-url-prefix")
-        images = f"Local Files storage {project.archive}"
+        images = f"Local Files storage {served}" + (" (quicklooks)" if quick else "")
     tasks: list[dict[str, Any]] = []
     for round_ in sorted({t.round for t in pending}):
         items = [t for t in pending if t.round == round_]
@@ -232,6 +288,18 @@ def _push_tasks(project: Any, client: Client, target: LsProject, pending: list[P
                      "alft pushed for earlier or cancelled queries; alft ignores their answers")
     return PushPlan(client.url, target, created, by_round, outcome.added, outcome.existing,
                     outcome.stale, storage_created, images, notes)
+
+
+def _quicklook_urls(quick: dict[str, Path], image_url: Any, served: Path,
+                    prefix: str | None, root: Path | str | None) -> Any:
+    """Key -> URL of its quicklook (keys without one keep ``image_url``)."""
+    if prefix:
+        return lambda key: (prefix + quote(quick[key].relative_to(served).as_posix(), safe="/")
+                            if key in quick else image_url(key))
+    base = lstasks.document_root(root)
+    lstasks.local_files_url(served / "x", base)  # refuses a rounds/ folder outside the root
+    return lambda key: (lstasks.local_files_url(quick[key], base) if key in quick
+                        else image_url(key))
 
 
 # ---- pull / status --------------------------------------------------------------------------
