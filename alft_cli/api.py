@@ -221,12 +221,7 @@ def status(project_dir: Path | str, *, stop_kappa: float | None = None,
     from alft_cli import stopping
     from alft_cli.summary import summarize
 
-    kappa = stopping.DEFAULT_KAPPA if stop_kappa is None else float(stop_kappa)
-    window = stopping.DEFAULT_WINDOW if stop_window is None else int(stop_window)
-    if not 0 < kappa <= 1:
-        raise OptionError(f"--stop-kappa {kappa:g}: must be in (0, 1]")
-    if window < 1:
-        raise OptionError(f"--stop-window {window}: must be at least 1")
+    kappa, window = stopping.rule_options(stop_kappa, stop_window)
     with reading(project_dir) as project:
         return summarize(project, stop_kappa=kappa, stop_window=window)
 

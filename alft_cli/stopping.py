@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from alft_cli.errors import OptionError
+
 # At most this many pool images form the stop set. A trade-off: with 500 images one changed
 # prediction on a class with 30 positives moves that class's kappa by about 0.02, and the
 # extra prediction at fine-tune time stays a fraction of one evaluation pass (val + test).
@@ -270,3 +272,14 @@ def prepare_round(store: Any, round_: int, seed: int, n_classes: int,
             stability = {"compared_with": int(prev_round),
                          **agreement(prev, predicted, keep=~(known | prev_known))}
     return StopRound(round_, ids, predicted, known, stability, new)
+
+
+def rule_options(kappa: float | None, window: int | None) -> tuple[float, int]:
+    """The stop rule's threshold and window (defaults: the paper's), checked."""
+    kappa = DEFAULT_KAPPA if kappa is None else float(kappa)
+    window = DEFAULT_WINDOW if window is None else int(window)
+    if not 0 < kappa <= 1:
+        raise OptionError(f"--stop-kappa {kappa:g}: must be in (0, 1]")
+    if window < 1:
+        raise OptionError(f"--stop-window {window}: must be at least 1")
+    return kappa, window

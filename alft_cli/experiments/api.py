@@ -86,12 +86,7 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
 
     if split not in ("test", "val"):
         raise OptionError("--split: test or val")
-    stop_kappa = stopping.DEFAULT_KAPPA if stop_kappa is None else float(stop_kappa)
-    stop_window = stopping.DEFAULT_WINDOW if stop_window is None else int(stop_window)
-    if not 0 < stop_kappa <= 1:
-        raise OptionError(f"--stop-kappa {stop_kappa:g}: must be in (0, 1]")
-    if stop_window < 1:
-        raise OptionError(f"--stop-window {stop_window}: must be at least 1")
+    stop_kappa, stop_window = stopping.rule_options(stop_kappa, stop_window)
     items = source if isinstance(source, list) else [source]
     sources = [(item[0], Path(item[1])) if isinstance(item, tuple) else Path(item)
                for item in items]
