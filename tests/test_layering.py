@@ -5,6 +5,7 @@ the CLI talks to the core through the faces only."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alft_cli"
@@ -108,3 +109,30 @@ def test_the_readme_module_map_names_every_module():
         if path.suffix in (".py", "") and name not in table:
             missing.append(name)
     assert not missing, f"README module map lacks {missing}"
+
+
+def test_the_readme_module_map_names_each_module_once():
+    """One row per owner: a module in two rows (as a half-resolved merge left it) would give a
+    newcomer two answers to "where does X live"."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("| module | owns |"):].split("\n\n")[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines()[2:]]
+    named = [n for cell in first_cells for n in re.findall(r"`([^`]+)`", cell)]
+    twice = sorted({n for n in named if named.count(n) > 1})
+    assert not twice, f"README module map names these in more than one row: {twice}"
+
+
+CONFLICT = re.compile(r"^(<{7}|>{7})( |$)|^={7}$", re.MULTILINE)
+
+
+def test_no_merge_conflict_markers_in_the_sources_and_docs():
+    root = PACKAGE.parent
+    files = [root / "README.md", root / "Makefile", root / "pyproject.toml", root / ".ci" / "run"]
+    for folder, pattern in (("alft_cli", "*.py"), ("tests", "*.py"), ("docs", "*.md"),
+                            ("bench", "*"), ("examples", "*")):
+        files += [p for p in (root / folder).rglob(pattern) if p.is_file()
+                  and p.suffix in (".py", ".md", ".sh", "") and "__pycache__" not in p.parts]
+    hits = [f"{p.relative_to(root)}:{text[:m.start()].count(chr(10)) + 1}"
+            for p in files if p.exists()
+            for text in [p.read_text(errors="replace")] for m in CONFLICT.finditer(text)]
+    assert not hits, f"merge conflict markers left in: {hits}"
