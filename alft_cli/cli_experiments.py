@@ -136,9 +136,13 @@ def report(
              "(paper: 0.99).")] = 0.99,
     stop_window: Annotated[int, typer.Option(
         help="Stop rule: rounds the kappa is averaged over (paper: 3).")] = 3,
+    budgets: Annotated[str | None, typer.Option(
+        help="Labels averaged seed by seed in paired_mean.csv, e.g. 60-220 (default: every "
+             "budget after the initial set).")] = None,
 ) -> None:
-    """Learning curves (PNG, CSV, Markdown), paired differences vs random, class histograms,
-    and where the stop rule would have ended each run (stop.csv).
+    """Learning curves (PNG, CSV, Markdown), paired differences vs random (per budget and
+    averaged over budgets), class histograms, and where the stop rule would have ended each
+    run (stop.csv).
 
     Several simulations (e.g. pretraining routes) compare in one report (last example).
 
@@ -146,12 +150,14 @@ def report(
     Examples:
       alft report sim/   # then open sim/report/curves.md
       alft report byol=sim-a noisy=sim-b -o cmp/
+      alft report sim/ --budgets 60-220   # paired_mean.csv over 60-220 labels
     """
     from alft_cli.experiments import api as experiments
 
     r = experiments.report([_named_source(s) for s in sources], out=out_dir, split=split,
                            baseline=baseline, seeds=seeds, strategies=strategies,
-                           scenarios=scenario, stop_kappa=stop_kappa, stop_window=stop_window)
+                           scenarios=scenario, stop_kappa=stop_kappa, stop_window=stop_window,
+                           budgets=budgets)
     out.print(f"{r.rows} trained rounds from {r.runs} runs -> {r.out}")
     for f in r.files:
         out.print(f"  {f}")

@@ -135,8 +135,8 @@ def test_ucm_minority_classes_never_pair_dock_and_ship():
 @pytest.mark.slow
 def test_report_files_agree_with_stored_metrics(sim):
     report = sim / "report"
-    for name in ("curves.csv", "curves.md", "paired.csv", "class_hist.csv", "rounds.csv",
-                 "curves_s1.png", "curves_s3.png", "paired_s1.png", "classes_s1.png"):
+    for name in ("curves.csv", "curves.md", "paired.csv", "paired_mean.csv", "class_hist.csv",
+                 "rounds.csv", "curves_s1.png", "curves_s3.png", "paired_s1.png", "classes_s1.png"):
         assert (report / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(report / "curves.csv")))
     for row in rows:
@@ -152,7 +152,18 @@ def test_report_files_agree_with_stored_metrics(sim):
                                                                  abs=1e-4)
     paired = list(csv.DictReader(open(report / "paired.csv")))
     assert {p["strategy"] for p in paired} == {"mge-clustering"}
+    # paired_mean.csv: each seed's differences averaged over the budgets after the initial
+    # set, so its mean is the mean of paired.csv's rows past the initial budget.
+    for row in csv.DictReader(open(report / "paired_mean.csv")):
+        assert row["strategy"] == "mge-clustering" and int(row["n"]) == 2
+        per_budget = [float(p["test_micro_f1_diff"]) for p in paired
+                      if p["scenario"] == row["scenario"]
+                      and int(p["labeled"]) >= int(row["budgets"].split("-")[0])]
+        assert len(per_budget) == int(row["n_budgets"])
+        assert float(row["test_micro_f1_mean_diff"]) == pytest.approx(np.mean(per_budget),
+                                                                      abs=2e-4)
     assert "Scenario 3" in (report / "curves.md").read_text()
+    assert "each seed's mean over the budgets" in (report / "curves.md").read_text()
     # Resuming a finished simulation does nothing new and keeps the settings.
     settings = json.loads((sim / "simulation.json").read_text())
     assert settings["max_labels"] == 14

@@ -78,15 +78,18 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
            out: Path | str | None = None, split: str = "test", baseline: str | None = None,
            seeds: str | None = None, strategies: str | None = None,
            scenarios: str | None = None, stop_kappa: float | None = None,
-           stop_window: int | None = None) -> Any:
+           stop_window: int | None = None, budgets: str | None = None) -> Any:
     """Write learning curves, tables and plots for one folder, or compare several simulation
-    folders (paths, or (name, path) pairs); see :mod:`alft_cli.experiments.report`."""
+    folders (paths, or (name, path) pairs); see :mod:`alft_cli.experiments.report`.
+    ``budgets``: e.g. "60-220", the labels averaged in ``paired_mean.csv``."""
     from alft_cli import stopping
+    from alft_cli.experiments.budgetmean import parse_budgets
     from alft_cli.experiments.report import make_report
 
     if split not in ("test", "val"):
         raise OptionError("--split: test or val")
     stop_kappa, stop_window = stopping.rule_options(stop_kappa, stop_window)
+    budget_range = parse_budgets(budgets)
     items = source if isinstance(source, list) else [source]
     sources = [(item[0], Path(item[1])) if isinstance(item, tuple) else Path(item)
                for item in items]
@@ -96,5 +99,5 @@ def report(source: Path | str | list[Path | str] | list[tuple[str, Path | str]],
                        strategies=[x.strip() for x in strategies.split(",") if x.strip()]
                        if strategies else None,
                        scenarios=_int_list(scenarios, "--scenario") if scenarios else None,
-                       stop_kappa=stop_kappa, stop_window=stop_window)
+                       stop_kappa=stop_kappa, stop_window=stop_window, budgets=budget_range)
 

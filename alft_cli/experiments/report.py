@@ -6,6 +6,9 @@
   seeds, per scenario and strategy;
 - ``paired.csv`` (and in ``curves.md``): each strategy minus random on the same seed (same
   split, same initial set), mean and 95% paired-t interval per budget;
+- ``paired_mean.csv`` (and in ``curves.md``): the same differences averaged over a range of
+  budgets seed by seed, with the interval over seeds and the worst budget
+  (:mod:`alft_cli.experiments.budgetmean`);
 - ``curves_s<k>.png``, ``paired_s<k>.png``, ``classes_s<k>.png``: the plots (matplotlib);
 - ``class_hist.csv``: per-round class histogram of the labeled set (mean over seeds), to show
   which classes a strategy picks;
@@ -36,6 +39,7 @@ import numpy as np
 
 from alft_cli.atomic import atomic_open, atomic_write_text
 from alft_cli.errors import OptionError
+from alft_cli.experiments.budgetmean import budget_means, markdown_lines
 from alft_cli.experiments.simulate import collect, write_rows_csv
 from alft_cli.experiments.stops import stop_markdown, stop_table, write_stop_csv
 from alft_cli.labels.base import csv_text
@@ -58,11 +62,14 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
                 split: str = "test", baseline: str | None = None,
                 seeds: list[int] | None = None, strategies: list[str] | None = None,
                 scenarios: list[int] | None = None, stop_kappa: float = DEFAULT_KAPPA,
-                stop_window: int = DEFAULT_WINDOW) -> ReportResult:
+                stop_window: int = DEFAULT_WINDOW,
+                budgets: tuple[int, int] | None = None) -> ReportResult:
     """Write curves, tables and plots for a simulation or project folder, or compare several
     simulation folders (a list of paths or of (name, path)). ``seeds`` / ``strategies`` /
     ``scenarios`` keep only those runs (a strategy matches with or without its ``<source>:``
-    prefix). ``stop_kappa`` / ``stop_window``: the stop rule replayed on every run."""
+    prefix). ``stop_kappa`` / ``stop_window``: the stop rule replayed on every run.
+    ``budgets``: the (low, high) labels averaged in ``paired_mean.csv`` (None: every budget
+    after the initial set)."""
     sources = _named_sources(source)
     if len(sources) > 1 and out is None:
         raise OptionError("comparing several folders: give --out DIR for the report")
@@ -102,12 +109,14 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
     paired = paired_differences(rows, metrics, baseline=baseline)
     files += _write_curves_csv(curves, metrics, out / "curves.csv")
     files += _write_paired_csv(paired, out / "paired.csv")
+    over_budgets = budget_means(rows, metrics, baseline=baseline, budgets=budgets, skip=is_full)
+    files += _write_paired_csv(over_budgets, out / "paired_mean.csv")
     files += _write_class_hist(rows, out / "class_hist.csv")
     stops = stop_table(rows, metrics, stop_kappa, stop_window, is_full)
     files += write_stop_csv(stops, out / "stop.csv")
     files.append(out / "curves.md")
     atomic_write_text(out / "curves.md", markdown(
-        curves, paired, metrics, rows, baseline, notes,
+        curves, paired, metrics, rows, baseline, notes, over_budgets=over_budgets,
         extra=stop_markdown(stops, metrics, stop_kappa, stop_window),
         split_notes=no_positive_notes(rows, split)))
     files += _plots(curves, paired, rows, metrics, out, baseline, stops, stop_kappa)
@@ -267,9 +276,10 @@ def no_positive_notes(rows: list[dict[str, Any]], split: str) -> list[str]:
 def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...],
              rows: list[dict[str, Any]], baseline: str = "random",
              notes: list[str] | None = None, extra: list[str] | None = None,
-             split_notes: list[str] | None = None) -> str:
-    """Mean +- std per budget (one column per strategy), then the paired differences, then
-    ``extra`` lines (the stop-rule section)."""
+             split_notes: list[str] | None = None,
+             over_budgets: list[dict[str, Any]] | None = None) -> str:
+    """Mean +- std per budget (one column per strategy), then the paired differences (per
+    budget, then averaged over the budgets), then ``extra`` lines (the stop-rule section)."""
     lines = ["# Learning curves", ""]
     if notes:
         lines += ["Compared simulations differ in:", ""] + [f"- {n}" for n in notes] + [""]
@@ -305,6 +315,7 @@ def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...
                 lines.append(f"| {p['strategy']} | {p['labeled']} | {p['n']} | "
                              + " | ".join(_diff_cell(p, m) for m in metrics) + " |")
             lines.append("")
+        lines += markdown_lines(over_budgets or [], metrics, scenario, baseline)
     return "\n".join(lines + list(extra or [])) + "\n"
 
 
