@@ -20,6 +20,26 @@ import numpy as np
 from alft_cli.errors import OptionError
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t interval of paired differences (NaN bounds below two values, NaN mean
+    for none): the interval of ``paired.csv`` and of ``paired_mean.csv``."""
+    from scipy import stats
+
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half
+
+
+def interval_cell(mean: float, low: float, high: float) -> str:
+    """``+1.23 [-0.45, +2.91]`` in F1 points (the mean alone without an interval)."""
+    if math.isnan(low):
+        return f"{100 * mean:+.2f}"
+    return f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def parse_budgets(text: str | None) -> tuple[int, int] | None:
     """``"60-220"`` -> (60, 220); None -> None (every budget after the initial set)."""
     if text is None or not text.strip():
@@ -53,8 +73,6 @@ def budget_means(rows: list[dict[str, Any]], metrics: tuple[str, ...],
         two runs reached every one of them (others are left out), and per metric the mean
         difference, its interval and the budget with the lowest mean difference.
     """
-    from scipy import stats
-
     index = {(r["scenario"], r["strategy"], r["seed"], r["labeled"]): r for r in rows}
     out = []
     pairs = sorted({(r["scenario"], r["strategy"]) for r in rows
@@ -77,16 +95,12 @@ def budget_means(rows: list[dict[str, Any]], metrics: tuple[str, ...],
             diffs = np.array([[index[(scenario, strategy, s, b)][m]
                                - index[(scenario, baseline, s, b)][m] for b in grid]
                               for s in seeds], dtype=float)
-            per_seed = diffs.mean(axis=1)
-            mean = float(per_seed.mean())
-            n = len(per_seed)
-            half = (float(stats.t.ppf(0.975, n - 1) * per_seed.std(ddof=1) / math.sqrt(n))
-                    if n > 1 else math.nan)
+            mean, low, high = mean_interval(diffs.mean(axis=1))
             by_budget = diffs.mean(axis=0)
             worst = int(np.argmin(by_budget))
             item[f"{m}_mean_diff"] = mean
-            item[f"{m}_ci_low"] = mean - half
-            item[f"{m}_ci_high"] = mean + half
+            item[f"{m}_ci_low"] = low
+            item[f"{m}_ci_high"] = high
             item[f"{m}_worst_diff"] = float(by_budget[worst])
             item[f"{m}_worst_labels"] = grid[worst]
         out.append(item)
@@ -104,11 +118,8 @@ def markdown_lines(summary: list[dict[str, Any]], metrics: tuple[str, ...], scen
              "| strategy | labels | n | micro F1 diff | macro F1 diff | worst micro (labels) "
              "| worst macro (labels) |", "|---|---|---|---|---|---|---|"]
     for s in mine:
-        cells = []
-        for m in metrics[:2]:
-            mean, lo, hi = s[f"{m}_mean_diff"], s[f"{m}_ci_low"], s[f"{m}_ci_high"]
-            cells.append(f"{100 * mean:+.2f}" if math.isnan(lo)
-                         else f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+        cells = [interval_cell(s[f"{m}_mean_diff"], s[f"{m}_ci_low"], s[f"{m}_ci_high"])
+                 for m in metrics[:2]]
         worst = [f"{100 * s[f'{m}_worst_diff']:+.2f} ({s[f'{m}_worst_labels']})"
                  for m in metrics[:2]]
         lines.append(f"| {s['strategy']} | {s['budgets']} | {s['n']} | " + " | ".join(cells)

@@ -39,7 +39,12 @@ import numpy as np
 
 from alft_cli.atomic import atomic_open, atomic_write_text
 from alft_cli.errors import OptionError
-from alft_cli.experiments.budgetmean import budget_means, markdown_lines
+from alft_cli.experiments.budgetmean import (
+    budget_means,
+    interval_cell,
+    markdown_lines,
+    mean_interval,
+)
 from alft_cli.experiments.simulate import collect, write_rows_csv
 from alft_cli.experiments.stops import stop_markdown, stop_table, write_stop_csv
 from alft_cli.labels.base import csv_text
@@ -192,8 +197,6 @@ def curve_table(rows: list[dict[str, Any]], metrics: tuple[str, ...]
 def paired_differences(rows: list[dict[str, Any]], metrics: tuple[str, ...],
                        baseline: str = "random") -> list[dict[str, Any]]:
     """Strategy minus baseline on the same (scenario, seed, labels): mean and 95% CI."""
-    from scipy import stats
-
     index = {(r["scenario"], r["strategy"], r["seed"], r["labeled"]): r for r in rows}
     out = []
     keys = sorted({(r["scenario"], r["strategy"], r["labeled"]) for r in rows
@@ -207,14 +210,8 @@ def paired_differences(rows: list[dict[str, Any]], metrics: tuple[str, ...],
                 if s == scenario and st == strategy and lab == labeled and m in r
                 and (scenario, baseline, r["seed"], labeled) in index
             ], dtype=float)
-            n = len(diffs)
-            item["n"] = n
-            mean = float(diffs.mean()) if n else math.nan
-            half = (float(stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
-                    if n > 1 else math.nan)
-            item[f"{m}_diff"] = mean
-            item[f"{m}_ci_low"] = mean - half if n > 1 else math.nan
-            item[f"{m}_ci_high"] = mean + half if n > 1 else math.nan
+            item["n"] = len(diffs)
+            item[f"{m}_diff"], item[f"{m}_ci_low"], item[f"{m}_ci_high"] = mean_interval(diffs)
         if item["n"]:
             out.append(item)
     return out
@@ -320,10 +317,7 @@ def markdown(curves: dict, paired: list[dict[str, Any]], metrics: tuple[str, ...
 
 
 def _diff_cell(p: dict[str, Any], m: str) -> str:
-    mean, lo, hi = p[f"{m}_diff"], p[f"{m}_ci_low"], p[f"{m}_ci_high"]
-    if math.isnan(lo):
-        return f"{100 * mean:+.2f}"
-    return f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return interval_cell(p[f"{m}_diff"], p[f"{m}_ci_low"], p[f"{m}_ci_high"])
 
 
 def _plots(curves: dict, paired: list[dict[str, Any]], rows: list[dict[str, Any]],
