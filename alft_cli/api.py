@@ -531,7 +531,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
         # Every draw of a round comes from (seed, round): the same command in the next round
         # draws afresh, the same round with the same seed repeats its query.
         choice = choose(project, model_rec, strategy, unlabeled, labeled, budget, candidates,
-                        round_seed(seed, new_round), dev, batch_size)
+                        round_seed(seed, new_round), dev, batch_size, new_round)
         if choice is None:
             return None  # a torchrun rank other than 0: it only helped score the pool
         notes += choice.notes
@@ -575,6 +575,7 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
             store.add_query(new_round, ((int(s), i + 1, float(choice.scores[i]),
                                          int(choice.clusters[i]))
                                         for i, s in enumerate(chosen)))
+            store.save_auto_decision(new_round, *(choice.auto or (None, None)))
             faults.point("query:before-commit")
         if cancelled:
             notes.append(f"cancelled {cancelled} pending images of the earlier query; they "

@@ -34,6 +34,8 @@ class Choice:
     clusters: np.ndarray
     probabilities: np.ndarray | None  # of the chosen images (their suggestions), or None
     notes: list[str] = field(default_factory=list)
+    # auto's evidence to keep with the round: (this round's p or None, the share), else None.
+    auto: tuple[float | None, float] | None = None
 
 
 def rank_device(dev: Any) -> Any:
@@ -53,8 +55,8 @@ def rank_device(dev: Any) -> Any:
 
 def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarray,
            labeled: set[int], budget: int, candidates: int | None, seed: int, dev: Any,
-           batch_size: int) -> Choice | None:
-    """Pick ``budget`` of the ``unlabeled`` sample ids with ``strategy``.
+           batch_size: int, round_: int) -> Choice | None:
+    """Pick ``budget`` of the ``unlabeled`` sample ids with ``strategy`` for round ``round_``.
 
     ``model_rec`` is the round whose model scores the pool (None before any fine-tuning:
     the pretrained backbone gives features, and there are no probabilities). Returns None
@@ -69,10 +71,11 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
     importing = (_import_in_background("sklearn.cluster")
                  if strategy not in ("random", *SPLIT) else None)
     notes: list[str] = []
+    evidence: tuple[float | None, float] | None = None
     if strategy in SPLIT:
         model = scoring_model(project, model_rec) if model_rec is not None else None
-        share, note = _split_share(project, model_rec, model, strategy, unlabeled, budget, seed,
-                                   dev, batch_size)
+        share, note, evidence = _split_share(project, model_rec, model, strategy, unlabeled,
+                                             budget, seed, dev, batch_size, round_)
         selection, chosen_p = _auto_selection(project, model, unlabeled, budget, candidates,
                                               seed, share, dev, batch_size)
         notes.append(note)
@@ -93,7 +96,7 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
         chosen_p = None if p is None else p[selection.indices]
         chosen = unlabeled[rows[selection.indices]]
     return Choice(chosen, np.asarray(selection.scores), np.asarray(selection.clusters),
-                  chosen_p, notes)
+                  chosen_p, notes, evidence)
 
 
 # The strategies that split each batch between MGE+Clustering and random draws.
@@ -101,34 +104,41 @@ SPLIT = ("auto", "auto-f1")
 
 
 def _split_share(project: Project, model_rec: Any, model: Any, strategy: str,
-                 unlabeled: np.ndarray, budget: int, seed: int, dev: Any, batch_size: int
-                 ) -> tuple[float, str]:
-    """The MGE+Clustering share of a split batch and the query note that says why."""
+                 unlabeled: np.ndarray, budget: int, seed: int, dev: Any, batch_size: int,
+                 round_: int) -> tuple[float, str, tuple[float | None, float] | None]:
+    """The MGE+Clustering share of a split batch, the query note that says why and, for
+    ``auto``, the evidence the round keeps: (this round's p, the share)."""
     from alft_cli.strategies import auto_weight, uncertainty_share
 
     k = min(budget, len(unlabeled))
     if model_rec is None:
-        return 0.0, f"{strategy}: no trained model yet, so the whole batch is random"
+        return 0.0, f"{strategy}: no trained model yet, so the whole batch is random", (
+            (None, 0.0) if strategy == "auto" else None)
     if strategy == "auto-f1":
         model_f1, evidence = model_evidence(project, model_rec)
         share = auto_weight(model_f1)
         return share, (f"auto-f1: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
-                       f"{1 - share:.0%} random")
-    decision = auto_decision(project, model, seed, dev, batch_size)
+                       f"{1 - share:.0%} random"), None
+    decision = auto_decision(project, model, seed, dev, batch_size, round_)
     k_u = uncertainty_share(decision.share, budget, len(unlabeled), True)
-    return decision.share, "auto: " + explain(decision, k_u, k)
+    return (decision.share, "auto: " + explain(decision, k_u, k),
+            (decision.p_mge_better, decision.share))
 
 
-def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size: int) -> Any:
-    """``auto``'s share (:func:`alft_cli.auto.decide`) from the project's labeled split
-    batches: features of those images (and of up to ``MAX_HELDOUT`` gold validation images)
-    from the current model; under torchrun rank 0 decides and tells the others."""
+def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size: int,
+                  round_: int) -> Any:
+    """``auto``'s share for round ``round_``: this round's evidence
+    (:func:`alft_cli.auto.decide`, from the project's labeled split batches: features of
+    those images and of up to ``MAX_HELDOUT`` gold validation images from the current model)
+    combined with the earlier auto rounds' (:func:`alft_cli.auto.combine`); under torchrun
+    rank 0 decides and tells the others."""
     from alft_cli import distributed
     from alft_cli.auto import (
         MAX_HELDOUT,
         MGE,
         RANDOM,
         AutoEvidence,
+        combine,
         decide,
         part_of,
         prior,
@@ -137,6 +147,7 @@ def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size:
     from alft_cli.store import decode_y
 
     store = project.store
+    earlier = store.auto_evidence(before=round_)
     labels = store.labels()
     parts: dict[int, int] = {}
     queried: dict[int, int | None] = {}
@@ -156,8 +167,9 @@ def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size:
     n_mge = sum(part == MGE for part in parts.values())
     n_random = len(parts) - n_mge
     if not swappable(n_mge, n_random, len(vid) > 0):
-        return prior(n_mge, n_random, "validation" if len(vid) else
-                     "cross-fitted random labels", len(vid) if len(vid) else n_random)
+        return combine(prior(n_mge, n_random, "validation" if len(vid) else
+                             "cross-fitted random labels", len(vid) if len(vid) else n_random),
+                       earlier)
     from alft_cli.data import CachedImages
 
     model.to(dev)
@@ -169,7 +181,7 @@ def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size:
                           part=np.array([parts[int(i)] for i in ids]),
                           heldout_h=h[len(ids):] if len(vid) else None,
                           heldout_y=vy if len(vid) else None)
-        decision = decide(ev, seed)
+        decision = combine(decide(ev, seed), earlier)
     return _from_rank0(decision)
 
 
@@ -189,22 +201,29 @@ def _from_rank0(obj: Any) -> Any:
 def explain(d: Any, k_u: int, k: int) -> str:
     """Why ``auto`` split the batch as it did, in one sentence of the query note."""
     split = f"{k_u} of {k} by MGE+Clustering, {k - k_u} random"
+    clipped = "" if d.p_accumulated is None or d.share == d.p_accumulated else (
+        f", kept within {SHARE_MIN:g}..{SHARE_MAX:g} so both parts stay measured")
+    rounds = "round" if d.rounds == 1 else "rounds"
+    accumulated = "" if d.p_accumulated is None else (
+        f"MGE+Clustering's labels helped more in {d.p_sum:.1f} of {d.rounds} judged auto "
+        f"{rounds} (each counted by its probability), so they help more often than not with "
+        f"posterior probability {d.p_accumulated:.2f} -> share {d.share:.2f}{clipped}: {split}")
     if d.p_mge_better is None:
         if d.n_mge == 0:
             why = "no labeled MGE+Clustering picks to judge yet"
         else:
             why = (f"too few labels to judge yet ({d.n_mge} from MGE+Clustering, "
                    f"{d.n_random} random, held out: {d.heldout})")
-        return f"{why} -> the prior even split: {split}"
+        if d.p_accumulated is None:
+            return f"{why} -> the prior even split: {split}"
+        return f"{why} in this round; over the earlier ones {accumulated}"
     held = (f"the {d.n_heldout} validation images" if d.heldout == "validation"
             else f"the {d.n_heldout} random labels, cross-fitted")
-    clipped = "" if d.share == d.p_mge_better else (
-        f", kept within {SHARE_MIN:g}..{SHARE_MAX:g} so both parts stay measured")
     return (f"a ridge probe on the model's features scored on {held} changed F1 by "
             f"{100 * d.gain:+.1f} points (micro {100 * d.gain_micro:+.1f}, macro "
             f"{100 * d.gain_macro:+.1f}) when {d.swapped} of the {d.n_random} random labels "
             f"were swapped for MGE+Clustering picks ({d.n_mge} labeled), and raised it in "
-            f"{d.p_mge_better:.0%} of the draws -> share {d.share:.2f}{clipped}: {split}")
+            f"{d.p_mge_better:.0%} of the draws; {accumulated}")
 
 
 def model_evidence(project: Project, model_rec: Any) -> tuple[float | None, str]:

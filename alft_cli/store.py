@@ -435,6 +435,25 @@ class Store:
             "SELECT q.sample_id, r.strategy, q.cluster FROM queries q JOIN rounds r "
             "ON r.round = q.round WHERE q.state='labeled' ORDER BY q.round, q.rank").fetchall()
 
+    def save_auto_decision(self, round_: int, p: float | None, share: float | None) -> None:
+        """Record ``auto``'s evidence for ``round_``'s query (``share`` None: the round is not
+        an auto round, or no longer one after a re-query, so it has no row)."""
+        if share is None:
+            self.conn.execute("DELETE FROM auto_decisions WHERE round=?", (round_,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO auto_decisions(round, p, share) "
+                              "VALUES (?, ?, ?)", (round_, p, share))
+
+    def auto_evidence(self, before: int) -> list[float]:
+        """The ``p`` of every earlier auto round that had evidence, oldest first (empty on a
+        store opened read-only before the table existed)."""
+        if not self.has_table("auto_decisions"):
+            return []
+        return [r[0] for r in self.conn.execute(
+            "SELECT a.p FROM auto_decisions a JOIN rounds r ON r.round = a.round "
+            "WHERE a.round < ? AND a.p IS NOT NULL AND r.strategy = 'auto' ORDER BY a.round",
+            (before,))]
+
     def queried_ids(self, round_: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "SELECT sample_id FROM queries WHERE round=? ORDER BY rank", (round_,))]
@@ -586,6 +605,14 @@ _LATER_SCHEMA = (
         predicted BLOB NOT NULL,           -- packed bits of the (n, classes) predictions >= 0.5
         known BLOB NOT NULL,               -- packed bits of (n,): labeled or out of the pool
         stability TEXT                     -- JSON agreement with the previous round (or NULL)
+    )""",
+    # The default strategy's evidence per query (alft_cli.auto.combine): this round's
+    # probability that MGE+Clustering's labels helped more (NULL: too few labels to judge)
+    # and the share the accumulated evidence gave its batch.
+    """CREATE TABLE IF NOT EXISTS auto_decisions (
+        round INTEGER PRIMARY KEY REFERENCES rounds(round),
+        p REAL,
+        share REAL NOT NULL
     )""",
 )
 

@@ -98,3 +98,48 @@ def test_same_evidence_and_seed_same_share():
     ev = AutoEvidence(np.r_[h_r, h_u], np.r_[y_r, y_u], np.r_[[RANDOM] * 30, [MGE] * 20])
     assert decide(ev, seed=5) == decide(ev, seed=5)
     assert auto.SHARE_MIN <= decide(ev, seed=5).share <= auto.SHARE_MAX
+
+
+@pytest.mark.parametrize("ps", [[0.7], [0.9, 0.9, 0.9], [0.6] * 8, [0.1, 0.9] * 4,
+                                [1.0] * 30, [0.0] * 5, [0.55] * 40, [0.3, 0.8, 0.45]])
+def test_accumulated_is_the_beta_posterior_tail(ps):
+    from scipy.stats import beta
+
+    wins = sum(ps)
+    want = beta.sf(0.5, 1 + wins, 1 + len(ps) - wins)
+    assert auto.accumulated(ps) == pytest.approx(want, abs=1e-6)
+
+
+def test_accumulated_without_rounds_is_even_and_symmetric():
+    assert auto.accumulated([]) == 0.5
+    assert auto.accumulated([0.8, 0.6]) == pytest.approx(1 - auto.accumulated([0.2, 0.4]))
+
+
+def _decision(p):
+    return auto.AutoDecision(min(auto.SHARE_MAX, max(auto.SHARE_MIN, p)), p, 0.01, 0.0, 0.02,
+                             20, 60, 20, "validation", 100)
+
+
+def test_combine_settles_where_the_evidence_keeps_pointing():
+    # One round at p = 0.9 alone moves the share less than the round's own p (one swap of a
+    # few dozen labels is weak evidence); four such rounds reach the cap.
+    one = auto.combine(_decision(0.9), [])
+    assert one.rounds == 1 and one.p_sum == pytest.approx(0.9)
+    assert 0.5 < one.share < 0.9 and one.share == pytest.approx(one.p_accumulated)
+    three = auto.combine(_decision(0.9), [0.9, 0.9, 0.9])
+    assert three.share == auto.SHARE_MAX and three.p_accumulated > auto.SHARE_MAX
+    assert auto.combine(_decision(0.0), [0.0, 0.1]).share == auto.SHARE_MIN
+    # Evidence that flips from round to round keeps the split near even, where the round's
+    # own p would swing the share from the floor to the cap.
+    flip = auto.combine(_decision(0.95), [0.05, 0.95, 0.05])
+    assert flip.share == pytest.approx(0.5, abs=0.02)
+    # The fields of this round's own evidence are kept for the note.
+    assert (flip.p_mge_better, flip.gain, flip.swapped) == (0.95, 0.01, 20)
+
+
+def test_combine_without_evidence_keeps_the_prior_and_uses_earlier_rounds_alone():
+    none = auto.prior(1, 5, "validation", 10)
+    assert auto.combine(none, []) == none
+    earlier = auto.combine(none, [0.9, 0.8])
+    assert earlier.rounds == 2 and earlier.p_mge_better is None
+    assert earlier.share == pytest.approx(auto.accumulated([0.9, 0.8]))

@@ -68,12 +68,13 @@ def test_auto_f1_reports_validation_evidence(project, tmp_path, tiny_archive):
     assert f"validation micro-F1 {val_f1:.3f} of round 0's model" in note, note
 
 
-def _decision_from_scratch(project, seed, round_):
+def _decision_from_scratch(project, seed, round_, earlier=()):
     """auto's decision recomputed from the saved project with the pure core: the parts from
-    the query files' cluster column, features from the current model."""
+    the query files' cluster column, features from the current model, combined with the
+    ``earlier`` rounds' evidence."""
     import torch
 
-    from alft_cli.auto import MGE, RANDOM, AutoEvidence, decide
+    from alft_cli.auto import MGE, RANDOM, AutoEvidence, combine, decide
     from alft_cli.data import CachedImages
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
@@ -99,7 +100,7 @@ def _decision_from_scratch(project, seed, round_):
                  probabilities=False)
     y = np.stack([decode_y(labels[i]) for i in ids])
     p.close()
-    return decide(AutoEvidence(h, y, parts), round_seed(seed, round_))
+    return combine(decide(AutoEvidence(h, y, parts), round_seed(seed, round_)), earlier)
 
 
 @pytest.mark.slow
@@ -128,6 +129,30 @@ def test_auto_without_val_labels_judges_its_parts_on_the_random_labels(tiny_arch
     assert f"{k_u} of 10 by MGE+Clustering, {10 - k_u} random" in note, note
     clusters = [int(row["cluster"]) for row in csv.DictReader(open(r2.query_file))]
     assert sum(c >= 0 for c in clusters) == k_u
+    # The round keeps its own evidence; the next query folds it into the share.
+    assert _auto_rows(project) == [(r1.round, None, 0.5),
+                                   (r2.round, want.p_mge_better, want.share)]
+    _answer(project, tiny_archive, r2.query_file, tmp_path / "a2.csv")
+    api.finetune(project, epochs=1, batch_size=6, lr_step=0, device="cpu", seed=0)
+    r3 = api.query(project, budget=10, seed=3, device="cpu")
+    note = next(n for n in r3.notes if n.startswith("auto:"))
+    want3 = _decision_from_scratch(project, 3, r3.round, [want.p_mge_better])
+    assert want3.rounds == 2 and f"share {want3.share:.2f}" in note, note
+    assert f"in {want3.p_sum:.1f} of 2 judged auto rounds" in note, note
+    assert _auto_rows(project)[-1] == (r3.round, want3.p_mge_better, want3.share)
+    # Re-querying the unanswered round with another strategy drops its evidence.
+    api.query(project, budget=10, strategy="random", seed=3, device="cpu", force=True)
+    assert [r[0] for r in _auto_rows(project)] == [r1.round, r2.round]
+
+
+def _auto_rows(project):
+    from alft_cli.project import open_project
+
+    p = open_project(project)
+    rows = p.store.conn.execute("SELECT round, p, share FROM auto_decisions ORDER BY round")
+    out = [tuple(r) for r in rows]
+    p.close()
+    return out
 
 
 @pytest.mark.slow
