@@ -117,7 +117,8 @@ def _pretrain_route(**options: object) -> dict:
 def report(
     sources: Annotated[list[str], typer.Argument(
         help="Simulation or project folder; several simulation folders (optionally "
-             "NAME=FOLDER) to compare them.", metavar="source")],
+             "NAME=FOLDER) to compare them, where an earlier report's rounds.csv may stand "
+             "in for a folder.", metavar="source")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write "
                                                     "(default SOURCE/report).")] = None,
     split: Annotated[str, typer.Option(help="test | val")] = "test",

@@ -270,6 +270,47 @@ def test_report_compares_simulations_paired_by_seed(sim, tmp_path, cli):
     assert r.code == 1 and "no runs left" in r.stderr
 
 
+@pytest.mark.slow
+def test_report_compares_new_runs_with_an_earlier_reports_rounds_csv(sim, tmp_path, cli):
+    # The simulation against its own archived report: old:random minus new:random is exactly
+    # 0 (the rows round-trip through the CSV), old:mge-clustering's paired difference is the
+    # single-folder one, and the note says pairing with the file is not checked.
+    archived = sim / "report" / "rounds.csv"
+    out = tmp_path / "vs-archive"
+    r = cli("report", f"new={sim}", f"old={archived}", "-o", out)
+    assert r.code == 0, r.stderr
+    paired = {(p["scenario"], p["strategy"], p["labeled"]): p
+              for p in csv.DictReader(open(out / "paired.csv"))}
+    single = {(p["scenario"], p["strategy"], p["labeled"]): p
+              for p in csv.DictReader(open(sim / "report" / "paired.csv"))}
+    assert {k[1] for k in paired} == {"new:mge-clustering", "old:mge-clustering", "old:random"}
+    for (scenario, strategy, labeled), p in paired.items():
+        if strategy == "old:random":
+            assert float(p["test_micro_f1_diff"]) == 0.0
+            assert float(p["test_macro_f1_diff"]) == 0.0
+        else:
+            want = single[(scenario, "mge-clustering", labeled)]
+            assert p["test_macro_f1_diff"] == want["test_macro_f1_diff"]
+    assert "old: rows of an earlier report" in (out / "curves.md").read_text()
+    # A comparison's rows keep the names that report gave them.
+    assert cli("report", f"a={sim}", f"b={sim}", "-o", tmp_path / "cmp").code == 0
+    r = cli("report", f"new={sim}", f"arch={tmp_path / 'cmp' / 'rounds.csv'}", "-o", out,
+            "--baseline", "a:random")
+    assert r.code == 0, r.stderr
+    names = {row["strategy"] for row in csv.DictReader(open(out / "rounds.csv"))}
+    assert names == {f"{source}:{strategy}" for source in ("new", "a", "b")
+                     for strategy in ("random", "mge-clustering", "full")}
+    # A broken row is a one-line error naming the file and row.
+    bad = tmp_path / "bad.csv"
+    lines = archived.read_text().splitlines()
+    cols = lines[2].split(",")
+    lines[2] = ",".join([*cols[:2], "x", *cols[3:]])  # the seed column
+    bad.write_text("\n".join(lines) + "\n")
+    r = cli("report", f"new={sim}", f"old={bad}", "-o", tmp_path / "r")
+    assert r.code == 1 and f"{bad}, row 3" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_report_refuses_simulations_that_are_not_paired(tmp_path, cli):
     settings = {"archive": "arch", "labels": "gold.csv", "val_fraction": 0.25,
                 "test_fraction": 0.25, "initial": 40, "pretrain": {"method": "byol"}}
@@ -284,7 +325,11 @@ def test_report_refuses_simulations_that_are_not_paired(tmp_path, cli):
         ([tmp_path / "one", tmp_path / "project", "-o", tmp_path / "r"], "not a simulation"),
         ([tmp_path / "one", f"x={tmp_path / 'one'}"], "give --out"),
         ([f"x={tmp_path / 'nowhere'}", tmp_path / "one", "-o", tmp_path / "r"], "does not exist"),
+        ([tmp_path / "one", tmp_path / "one" / "simulation.json", "-o", tmp_path / "r"],
+         "rounds.csv"),
+        ([tmp_path / "rounds.csv"], "give --out"),
     ]
+    (tmp_path / "rounds.csv").write_text("scenario,strategy,seed,round,labeled\n")
     for args, message in cases:
         r = cli("report", *args)
         assert r.code == 1 and message in r.stderr and "Traceback" not in r.stderr, (args, r)

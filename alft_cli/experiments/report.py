@@ -23,7 +23,10 @@ counts each as F1 0 (scikit-learn's definition), mAP leaves it out.
 Several simulation folders can be compared in one report (e.g. pretraining routes under the
 same AL protocol): strategies are then named ``<source>:<strategy>`` and the paired baseline is
 the first source's random runs. Pairing across folders holds because a run's split, removals
-and initial set depend only on its seed and the protocol, which must agree.
+and initial set depend only on its seed and the protocol, which must agree. An earlier
+report's ``rounds.csv`` can stand in for a folder (new runs against archived ones, without
+keeping the archived simulations): its strategies keep the names it gave them, and since the
+file does not carry its simulation's settings, the report notes that pairing is not checked.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from alft_cli.experiments.budgetmean import (
     markdown_lines,
     mean_interval,
 )
-from alft_cli.experiments.simulate import collect, write_rows_csv
+from alft_cli.experiments.simulate import collect, read_rows_csv, write_rows_csv
 from alft_cli.experiments.stops import stop_markdown, stop_table, write_stop_csv
 from alft_cli.labels.base import csv_text
 from alft_cli.stopping import DEFAULT_KAPPA, DEFAULT_WINDOW
@@ -76,18 +79,20 @@ def make_report(source: Path | list[Path] | list[tuple[str, Path]], out: Path | 
     ``budgets``: the (low, high) labels averaged in ``paired_mean.csv`` (None: every budget
     after the initial set)."""
     sources = _named_sources(source)
-    if len(sources) > 1 and out is None:
-        raise OptionError("comparing several folders: give --out DIR for the report")
+    if out is None and (len(sources) > 1 or sources[0][1].is_file()):
+        raise OptionError("comparing several folders or reading a rounds.csv: give --out DIR "
+                          "for the report")
     notes = _check_comparable(sources) if len(sources) > 1 else []
     rows: list[dict[str, Any]] = []
     for name, path in sources:
-        mine = collect(path)
+        mine = read_rows_csv(path) if path.is_file() else collect(path)
         if not mine:
             raise OptionError(f"{path}: no trained rounds with metrics yet (run alft simulate "
                               "or alft finetune with gold val/test labels)")
         for r in mine:
             bare = r["strategy"]
-            if len(sources) > 1:
+            # An archived report's rows keep the <source>: names of the report they come from.
+            if len(sources) > 1 and not (path.is_file() and ":" in bare):
                 r["strategy"] = f"{name}:{bare}"
             if ((seeds is None or r["seed"] in seeds)
                     and (scenarios is None or r["scenario"] in scenarios)
@@ -139,9 +144,12 @@ def _named_sources(source: Path | list[Path] | list[tuple[str, Path]]
     for name, path in named:
         if not path.exists():
             raise OptionError(f"{path} does not exist")
-        if len(named) > 1 and not (path / "simulation.json").exists():
+        if path.is_file() and path.suffix != ".csv":
+            raise OptionError(f"{path}: give a simulation or project folder, or an earlier "
+                              "report's rounds.csv")
+        if len(named) > 1 and path.is_dir() and not (path / "simulation.json").exists():
             raise OptionError(f"{path}: not a simulation folder (no simulation.json); only "
-                              "simulations can be compared")
+                              "simulations and earlier reports' rounds.csv can be compared")
         if not name or ":" in name:
             raise OptionError(f"report name {name!r}: give a name without ':' (NAME=FOLDER)")
     names = [name for name, _ in named]
@@ -154,8 +162,13 @@ def _named_sources(source: Path | list[Path] | list[tuple[str, Path]]
 def _check_comparable(sources: list[tuple[str, Path]]) -> list[str]:
     """Refuses folders whose runs are not paired seed by seed; returns notes on the settings
     that do differ (the thing being compared, e.g. the pretraining route)."""
+    archived = [f"{name}: rows of an earlier report ({path}); their seed-by-seed pairing with "
+                "the other sources is not checked (the file does not carry its settings)"
+                for name, path in sources if path.is_file()]
     settings = {name: json.loads((path / "simulation.json").read_text())
-                for name, path in sources}
+                for name, path in sources if path.is_dir()}
+    if not settings:
+        return archived
     first, ref = next(iter(settings.items()))
     for name, s in settings.items():
         bad = [k for k in PAIRING_SETTINGS if s.get(k) != ref.get(k)]
@@ -169,7 +182,7 @@ def _check_comparable(sources: list[tuple[str, Path]]) -> list[str]:
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             notes.append(f"{key}: " + "; ".join(f"{name} = {json.dumps(v, sort_keys=True)}"
                                                  for name, v in values.items()))
-    return notes
+    return notes + archived
 
 
 def is_full(strategy: str) -> bool:

@@ -425,6 +425,36 @@ def _counts_up_to(label_rounds: list[tuple[int, np.ndarray]], round_: int,
     return dict(zip(classes, total.tolist()))
 
 
+ROW_INTS = ("scenario", "seed", "round", "labeled")
+
+
+def read_rows_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows that :func:`write_rows_csv` wrote (an earlier report's ``rounds.csv``), typed as
+    :func:`collect` returns them, so a report can compare new runs with archived ones. The
+    classes without positives are not in the file: those rows name none."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise OptionError(f"{path}: cannot read it as a report's rounds.csv ({e})") from None
+    rows = []
+    for line, raw in enumerate(table, start=2):
+        try:
+            row: dict[str, Any] = {"strategy": raw["strategy"]}
+            row.update({k: int(raw[k]) for k in ROW_INTS})
+            row.update({k: float(v) if v not in ("", None) else None for k, v in raw.items()
+                        if k not in row and not k.startswith("count_")})
+            row["class_counts"] = {k[len("count_"):]: int(v) for k, v in raw.items()
+                                   if k.startswith("count_")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise OptionError(f"{path}, row {line}: not a report's rounds.csv row ({e})"
+                              ) from None
+        row["no_positives"] = {}
+        rows.append(row)
+    return rows
+
+
 def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """The collected rows as CSV (class counts flattened into count_<class> columns; the
     classes without positives per split are in the report's notes instead)."""
