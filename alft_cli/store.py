@@ -454,6 +454,13 @@ class Store:
             "WHERE a.round < ? AND a.p IS NOT NULL AND r.strategy = 'auto' ORDER BY a.round",
             (before,))]
 
+    def auto_decisions(self) -> dict[int, dict[str, float | None]]:
+        """round -> {"p", "share"} of every auto round's query (``alft status``)."""
+        if not self.has_table("auto_decisions"):
+            return {}
+        return {r: {"p": p, "share": share} for r, p, share in self.conn.execute(
+            "SELECT round, p, share FROM auto_decisions ORDER BY round")}
+
     def queried_ids(self, round_: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "SELECT sample_id FROM queries WHERE round=? ORDER BY rank", (round_,))]

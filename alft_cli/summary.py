@@ -26,6 +26,7 @@ def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
     label_ids, label_y = store.labeled_arrays()
     label_rounds = store.label_rounds()
     pending = store.pending()
+    auto = store.auto_decisions()
     rounds = []
     for rec in store.rounds():
         labeled_in_round = sum(1 for r in label_rounds.values() if r <= rec.round)
@@ -43,6 +44,8 @@ def summarize(project: Project, stop_kappa: float = stopping.DEFAULT_KAPPA,
             "trained_at": rec.trained_at,
             # Agreement of this round's stop-set predictions with the previous round's.
             "stability": stabilities.get(rec.round),
+            # The default strategy's evidence for this round's query (alft_cli.auto.combine).
+            "auto": auto.get(rec.round),
         })
     class_counts = (label_y.sum(0).astype(int).tolist() if len(label_ids)
                     else [0] * len(project.classes))

@@ -146,13 +146,10 @@ def test_auto_without_val_labels_judges_its_parts_on_the_random_labels(tiny_arch
 
 
 def _auto_rows(project):
-    from alft_cli.project import open_project
-
-    p = open_project(project)
-    rows = p.store.conn.execute("SELECT round, p, share FROM auto_decisions ORDER BY round")
-    out = [tuple(r) for r in rows]
-    p.close()
-    return out
+    # What alft status --json says of each auto round (the others have "auto": null).
+    rounds = api.status(project)["rounds"]
+    assert all(r["auto"] is None for r in rounds if r["strategy"] != "auto")
+    return [(r["round"], r["auto"]["p"], r["auto"]["share"]) for r in rounds if r["auto"]]
 
 
 @pytest.mark.slow
@@ -186,3 +183,23 @@ def test_auto_judges_on_the_random_draws_among_answers_routed_to_val(tiny_archiv
                         lambda ev, seed: seen.append(ev) or decide(ev, seed))
     api.query(project, budget=6, seed=2, device="cpu")
     assert len(seen) == 1 and len(seen[0].heldout_y) == len(fair)
+
+
+def test_projects_made_before_auto_kept_its_evidence(project, tiny_archive, tmp_path):
+    import sqlite3
+
+    first = api.status(project)["rounds"][0]
+    _answer(project, tiny_archive, project / first["query_file"], tmp_path / "a0.csv")
+    # No model yet: the whole batch is random, and the round says so.
+    r1 = api.query(project, budget=4, seed=1, device="cpu")
+    assert api.status(project)["rounds"][r1.round]["auto"] == {"p": None, "share": 0.0}
+    # An older project has no table: status (a read-only open) shows no evidence ...
+    conn = sqlite3.connect(project / "alft.db")
+    conn.execute("DROP TABLE auto_decisions")
+    conn.commit()
+    conn.close()
+    assert all(r["auto"] is None for r in api.status(project)["rounds"])
+    # ... and the next query (a writing open) creates it and keeps its round's evidence.
+    r2 = api.query(project, budget=4, seed=2, device="cpu", force=True)
+    assert r2.round == r1.round
+    assert api.status(project)["rounds"][r2.round]["auto"] == {"p": None, "share": 0.0}
