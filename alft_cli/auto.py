@@ -235,9 +235,8 @@ def decide(ev: AutoEvidence | None, seed: int = 0, draws: int = DRAWS) -> AutoDe
         gains.append((mi_u + ma_u - mi_r - ma_r) / 2)
     g = np.asarray(gains)
     p = float(np.mean(g > 0) + 0.5 * np.mean(g == 0))
-    return AutoDecision(float(min(SHARE_MAX, max(SHARE_MIN, p))), p, float(g.mean()),
-                        float(np.mean(micro)), float(np.mean(macro)), len(mge), len(rand), k,
-                        heldout, n_heldout)
+    return AutoDecision(_clip(p), p, float(g.mean()), float(np.mean(micro)),
+                        float(np.mean(macro)), len(mge), len(rand), k, heldout, n_heldout)
 
 
 def accumulated(ps: Sequence[float]) -> float:
@@ -266,5 +265,10 @@ def combine(d: AutoDecision, earlier: Sequence[float]) -> AutoDecision:
     if not ps:
         return d
     p_acc = accumulated(ps)
-    return replace(d, share=float(min(SHARE_MAX, max(SHARE_MIN, p_acc))), rounds=len(ps),
-                   p_sum=float(sum(ps)), p_accumulated=p_acc)
+    return replace(d, share=_clip(p_acc), rounds=len(ps), p_sum=float(sum(ps)),
+                   p_accumulated=p_acc)
+
+
+def _clip(p: float) -> float:
+    """A probability as a share: both parts keep being measured."""
+    return float(min(SHARE_MAX, max(SHARE_MIN, p)))

@@ -147,7 +147,9 @@ def auto_decision(project: Project, model: Any, seed: int, dev: Any, batch_size:
     from alft_cli.store import decode_y
 
     store = project.store
-    earlier = store.auto_evidence(before=round_)
+    # The p of every earlier auto round that could judge, oldest first.
+    earlier = [d["p"] for r, d in store.auto_decisions().items()
+               if r < round_ and d["p"] is not None]
     labels = store.labels()
     parts: dict[int, int] = {}
     queried: dict[int, int | None] = {}

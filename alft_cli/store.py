@@ -444,18 +444,11 @@ class Store:
             self.conn.execute("INSERT OR REPLACE INTO auto_decisions(round, p, share) "
                               "VALUES (?, ?, ?)", (round_, p, share))
 
-    def auto_evidence(self, before: int) -> list[float]:
-        """The ``p`` of every earlier auto round that had evidence, oldest first (empty on a
-        store opened read-only before the table existed)."""
-        if not self.has_table("auto_decisions"):
-            return []
-        return [r[0] for r in self.conn.execute(
-            "SELECT a.p FROM auto_decisions a JOIN rounds r ON r.round = a.round "
-            "WHERE a.round < ? AND a.p IS NOT NULL AND r.strategy = 'auto' ORDER BY a.round",
-            (before,))]
-
     def auto_decisions(self) -> dict[int, dict[str, float | None]]:
-        """round -> {"p", "share"} of every auto round's query (``alft status``)."""
+        """round -> {"p", "share"} of every auto round's query, oldest first (``alft status``,
+        and the evidence ``auto`` accumulates); rows exist only for auto rounds, since every
+        query writes or deletes its round's row. Empty on a store opened read-only before
+        the table existed."""
         if not self.has_table("auto_decisions"):
             return {}
         return {r: {"p": p, "share": share} for r, p, share in self.conn.execute(
