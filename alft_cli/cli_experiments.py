@@ -145,13 +145,15 @@ def report(
     averaged over budgets), class histograms, and where the stop rule would have ended each
     run (stop.csv).
 
-    Several simulations (e.g. pretraining routes) compare in one report (last example).
+    Several simulations (e.g. pretraining routes) compare in one report (second example); an
+    earlier report's rounds.csv can stand in for a simulation no longer kept (last example).
 
     \b
     Examples:
       alft report sim/   # then open sim/report/curves.md
       alft report byol=sim-a noisy=sim-b -o cmp/
       alft report sim/ --budgets 60-220   # paired_mean.csv over 60-220 labels
+      alft report new=sim/ old=archive/rounds.csv -o cmp/ --baseline old:random
     """
     from alft_cli.experiments import api as experiments
 
