@@ -463,8 +463,9 @@ def query(project_dir: Path | str, *, budget: int, strategy: str = "auto",
     """
     from alft_cli import distributed
     from alft_cli.data import resolve_device
+    from alft_cli.draws import round_seed
     from alft_cli.scoring import choose, rank_device
-    from alft_cli.strategies import NEEDS_MODEL, STRATEGIES, round_seed
+    from alft_cli.strategies import NEEDS_MODEL, STRATEGIES
 
     if budget < 1:
         raise OptionError(f"--budget {budget}: must be at least 1")

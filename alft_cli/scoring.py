@@ -91,7 +91,8 @@ def choose(project: Project, model_rec: Any, strategy: str, unlabeled: np.ndarra
         chosen = unlabeled[selection.indices]
     else:
         ctx = QueryContext(h=h, p=p, budget=budget, seed=seed, candidates=candidates,
-                           labeled_h=labeled_h, labeled_y=labeled_y, n_labeled=len(labeled))
+                           labeled_h=labeled_h, labeled_y=labeled_y, n_labeled=len(labeled),
+                           ids=unlabeled[rows])
         selection = select(strategy, ctx)
         chosen_p = None if p is None else p[selection.indices]
         chosen = unlabeled[rows[selection.indices]]
@@ -322,7 +323,7 @@ def _auto_selection(project: Project, model: Any, unlabeled: np.ndarray, budget:
             h=h, p=p_all[rows], budget=k_u, seed=seed,
             candidates=min(keep, len(rows)) if len(rows) > k_u else None))
         first = Selection(rows[part.indices], part.scores, part.clusters)
-    selection = append_random(first, n, k - k_u, seed)
+    selection = append_random(first, unlabeled, k - k_u, seed)
     if p_all is not None:
         return selection, p_all[selection.indices]
     if model is None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from alft_cli import draws
 from alft_cli.errors import OptionError
 
 DEFAULT_STRATEGY = "mge-clustering"
@@ -88,6 +89,8 @@ class QueryContext:
         n_labeled: how many samples are labeled so far (``hybrid`` evidence).
         share: the part of the batch ``auto`` gives MGE+Clustering (0..1), decided by
             :mod:`alft_cli.auto` from the project's labeled rounds; None = 0.5, no evidence.
+        ids: (N,) the samples' image ids: random draws go by a seeded order of the ids
+            (:mod:`alft_cli.draws`), not by row positions; None = the row positions.
     """
 
     h: np.ndarray
@@ -100,6 +103,7 @@ class QueryContext:
     model_f1: float | None = None
     n_labeled: int | None = None
     share: float | None = None
+    ids: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -450,24 +454,15 @@ def _entropy(ctx: QueryContext) -> Selection:
     return _top_k(entropy_scores(ctx.p), ctx.budget)
 
 
-def round_seed(seed: int, round_: int) -> int:
-    """The seed of every draw in one round: a hash of (seed, round).
-
-    A query's random draws take positions in the id-sorted list of unlabeled images. With one
-    seed for every round, the next round (the same list minus a few) drew the neighbours of
-    the previous picks: seven rounds of the plain command covered 16 of UC Merced's 21 class
-    folders where independent draws covered 19 after three. Mixing in the round makes rounds
-    independent while the same round and seed still repeat the same query.
-    """
-    return int(np.random.SeedSequence([int(seed), int(round_)]).generate_state(1)[0])
+def _ids(ctx: QueryContext) -> np.ndarray:
+    return np.arange(len(ctx.h)) if ctx.ids is None else np.asarray(ctx.ids)
 
 
 def _random(ctx: QueryContext) -> Selection:
-    """Uniform sampling without replacement: the baseline every AL curve is compared to."""
-    n = len(ctx.h)
-    k = min(ctx.budget, n)
-    picked = np.random.default_rng(ctx.seed).choice(n, size=k, replace=False)
-    return _selection(picked, np.zeros(k))
+    """Uniform sampling without replacement: the baseline every AL curve is compared to.
+    The smallest keys of a seeded order of the image ids (:mod:`alft_cli.draws`)."""
+    picked = draws.draw(_ids(ctx), ctx.budget, ctx.seed)
+    return _selection(picked, np.zeros(len(picked)))
 
 
 def _badge(ctx: QueryContext) -> Selection:
@@ -687,13 +682,14 @@ def share_candidates(k_u: int, candidates: int | None) -> int | None:
     return None if candidates is None else max(candidates, k_u + 1)
 
 
-def append_random(first: Selection, n: int, k_rest: int, seed: int) -> Selection:
-    """``first`` (rows of an n-row pool), then ``k_rest`` rows drawn uniformly among the
-    others - as :func:`_random` draws on the remaining rows, so a caller that never held the
-    pool's features (a streamed query) picks what the pure strategy picks."""
-    rest = np.setdiff1d(np.arange(n), first.indices)
-    k = min(k_rest, len(rest))
-    drawn = rest[np.random.default_rng(seed).choice(len(rest), size=k, replace=False)]
+def append_random(first: Selection, ids: np.ndarray, k_rest: int, seed: int) -> Selection:
+    """``first`` (rows of a pool whose image ids are ``ids``), then ``k_rest`` rows drawn
+    uniformly among the others by the order :func:`_random` draws in: random's batch less
+    ``first``, topped up with the next in its order. A caller that never held the pool's
+    features (a streamed query) picks what the pure strategy picks."""
+    rest = np.setdiff1d(np.arange(len(ids)), first.indices)
+    drawn = rest[draws.draw(np.asarray(ids)[rest], k_rest, seed)]
+    k = len(drawn)
     return _selection(np.concatenate([first.indices, drawn]),
                       np.concatenate([first.scores, np.zeros(k)]),
                       np.concatenate([first.clusters, np.full(k, -1)]))
@@ -716,7 +712,8 @@ def _mixed(ctx: QueryContext, weight: float, diversity: Callable[[QueryContext],
     if k == k_u:
         return first
     rest = np.setdiff1d(np.arange(len(ctx.h)), first.indices)
-    sub = replace(ctx, h=ctx.h[rest], p=None if ctx.p is None else ctx.p[rest], budget=k - k_u)
+    sub = replace(ctx, h=ctx.h[rest], p=None if ctx.p is None else ctx.p[rest], budget=k - k_u,
+                  ids=_ids(ctx)[rest])
     second = diversity(sub)
     return _selection(np.concatenate([first.indices, rest[second.indices]]),
                       np.concatenate([first.scores, second.scores]),
@@ -752,8 +749,8 @@ def split_batch(ctx: QueryContext, weight: float) -> Selection:
     the rest drawn uniformly among the other rows (cluster -1): the two parts stay apart in
     the query, so a later query can tell which part each labeled image came from."""
     k_u = uncertainty_share(weight, ctx.budget, len(ctx.h), ctx.p is not None)
-    return append_random(_uncertainty_part(ctx, k_u), len(ctx.h), min(ctx.budget, len(ctx.h))
-                         - k_u, ctx.seed)
+    return append_random(_uncertainty_part(ctx, k_u), _ids(ctx),
+                         min(ctx.budget, len(ctx.h)) - k_u, ctx.seed)
 
 
 def _auto_f1(ctx: QueryContext) -> Selection:
@@ -857,7 +854,11 @@ def _validate(name: str, ctx: QueryContext) -> QueryContext:
         if not np.isin(labeled_y, (0, 1)).all():
             raise OptionError("labels must be 0/1")
 
-    return replace(ctx, h=h, p=p, labeled_h=labeled_h, labeled_y=labeled_y)
+    ids = None if ctx.ids is None else np.asarray(ctx.ids)
+    if ids is not None and (ids.shape != (len(h),) or not np.issubdtype(ids.dtype, np.integer)
+                            or len(np.unique(ids)) != len(ids)):
+        raise OptionError(f"ids must be {len(h)} distinct whole numbers, one per feature row")
+    return replace(ctx, h=h, p=p, labeled_h=labeled_h, labeled_y=labeled_y, ids=ids)
 
 
 def select(name: str, ctx: QueryContext) -> Selection:

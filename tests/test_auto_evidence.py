@@ -76,11 +76,11 @@ def _decision_from_scratch(project, seed, round_, earlier=()):
 
     from alft_cli.auto import MGE, RANDOM, AutoEvidence, combine, decide
     from alft_cli.data import CachedImages
+    from alft_cli.draws import round_seed
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
     from alft_cli.project import open_project
     from alft_cli.store import decode_y
-    from alft_cli.strategies import round_seed
 
     info = api.status(project)
     ids, parts = [], []

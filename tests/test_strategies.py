@@ -530,16 +530,23 @@ def test_auto_f1_mix_in_between_takes_both_kinds():
 def test_auto_splits_the_batch_by_its_share(share, n_mge):
     """auto's MGE+Clustering part (clustered, first) is round(share * k) of the batch, the
     even split without a share; it is mge-clustering's choice for that many picks, and the
-    random part is drawn among the other rows as the random strategy draws."""
+    random part is drawn among the other rows as the random strategy draws: random's own
+    batch less the MGE+Clustering picks, topped up with the next in random's order."""
     h, p = _toy()
-    sel = select("auto", QueryContext(h=h, p=p, budget=10, seed=3, share=share))
+    ids = np.random.default_rng(0).permutation(10 * len(h))[:len(h)]  # image ids, any order
+    sel = select("auto", QueryContext(h=h, p=p, budget=10, seed=3, share=share, ids=ids))
     assert len(set(sel.indices.tolist())) == 10
     assert sel.clusters[:n_mge].min() >= 0 and (sel.clusters[n_mge:] == -1).all()
     part = select("mge-clustering", QueryContext(h=h, p=p, budget=n_mge, seed=3))
     assert sel.indices[:n_mge].tolist() == part.indices.tolist()
     rest = np.setdiff1d(np.arange(len(h)), part.indices)
-    drawn = select("random", QueryContext(h=h[rest], p=None, budget=10 - n_mge, seed=3))
+    drawn = select("random", QueryContext(h=h[rest], p=None, budget=10 - n_mge, seed=3,
+                                          ids=ids[rest]))
     assert sel.indices[n_mge:].tolist() == rest[drawn.indices].tolist()
+    # The same draw seen from random's side: its whole order over the pool, MGE picks skipped.
+    order = select("random", QueryContext(h=h, p=None, budget=len(h), seed=3, ids=ids))
+    expected = [i for i in order.indices.tolist() if i not in set(part.indices.tolist())]
+    assert sel.indices[n_mge:].tolist() == expected[:10 - n_mge]
 
 
 def test_auto_without_a_model_is_random():

@@ -226,10 +226,11 @@ def test_streamed_pool_scoring_picks_what_the_full_pass_picks(trained):
     """mge-clustering/mge/entropy keep features only for the top-m rows while scoring the
     pool; the query must equal the strategy run on the full (h, p) of every image."""
     from alft_cli.data import CachedImages
+    from alft_cli.draws import round_seed
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
     from alft_cli.project import open_project
-    from alft_cli.strategies import QueryContext, round_seed, select
+    from alft_cli.strategies import QueryContext, select
 
     p = open_project(trained)
     labeled = set(p.store.labels())
@@ -280,16 +281,11 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
 
     from alft_cli.auto import prior
     from alft_cli.data import CachedImages
+    from alft_cli.draws import round_seed
     from alft_cli.embed import infer
     from alft_cli.finetune import load_model
     from alft_cli.project import open_project
-    from alft_cli.strategies import (
-        AUTO_F1_HIGH,
-        AUTO_F1_LOW,
-        QueryContext,
-        round_seed,
-        select,
-    )
+    from alft_cli.strategies import AUTO_F1_HIGH, AUTO_F1_LOW, QueryContext, select
 
     p = open_project(trained)
     labeled = set(p.store.labels())
@@ -308,7 +304,7 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
         monkeypatch.setattr(scoring, "auto_decision", lambda *_, share=share: replace(
             prior(0, 0, "none", 0), share=share))
         r = api.query(trained, budget=6, strategy=strategy, seed=5, force=True, device="cpu")
-        expected = select(strategy, QueryContext(h=h, p=prob, budget=6,
+        expected = select(strategy, QueryContext(h=h, p=prob, budget=6, ids=unlabeled,
                                                  seed=round_seed(5, r.round), **evidence))
         p = open_project(trained)
         got = p.store.queried_ids(p.store.current_round())
