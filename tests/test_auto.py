@@ -12,6 +12,16 @@ from alft_cli import auto
 from alft_cli.auto import MGE, RANDOM, AutoEvidence, decide, f1_micro_macro, part_of
 
 
+def test_first_share_is_the_few_picks_needed_to_judge():
+    """Before any MGE+Clustering label: MIN_PART picks, never under the floor or over the
+    even split (round(share * k) picks, as strategies.uncertainty_share counts them)."""
+    from alft_cli.strategies import uncertainty_share
+
+    for k, picks in [(20, 2), (12, 2), (40, 4), (100, 10), (6, 2), (4, 2), (3, 2), (2, 1)]:
+        assert uncertainty_share(auto.first_share(k), k, 1000, True) == picks, k
+    assert auto.first_share(20) == auto.SHARE_MIN and auto.first_share(1) == auto.SHARE_PRIOR
+
+
 @pytest.mark.parametrize("n, d", [(30, 8), (12, 40)])  # primal and dual solves
 def test_ridge_predict_equals_scikit_learn(n, d):
     rng = np.random.default_rng(0)

@@ -156,9 +156,12 @@ def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     assert {"rank", "score", "cluster", "labels"} <= set(rows[0])
     assert any(k.startswith("p_") for k in rows[0])
     # auto's MGE+Clustering picks carry their cluster (0..k-1), its random picks -1; the
-    # command says why it split the batch so (no MGE+Clustering labels yet: evenly).
-    assert ("note: auto: no labeled MGE+Clustering picks to judge yet -> the prior even "
-            "split: 3 of 6 by MGE+Clustering, 3 random") in r.stdout, r.stdout
+    # command says why it split the batch so (no MGE+Clustering labels yet: the 2 picks the
+    # next query needs to judge them).
+    assert ("note: auto: no labeled MGE+Clustering picks to judge yet, and the first model "
+            "has seen only random labels -> a first look at MGE+Clustering, the few picks the "
+            "next query needs to judge it: 2 of 6 by MGE+Clustering, 4 random") in r.stdout, (
+        r.stdout)
     clustered = sorted(int(row["cluster"]) for row in rows if int(row["cluster"]) >= 0)
     assert clustered == list(range(len(clustered)))
     assert all(int(row["cluster"]) == -1 for row in rows[len(clustered):])
@@ -302,7 +305,7 @@ def test_streamed_auto_picks_what_the_pure_strategy_picks(trained, monkeypatch):
         f1, share = evidence.get("model_f1"), evidence.get("share")
         monkeypatch.setattr(scoring, "model_evidence", lambda *_, f1=f1: (f1, "test"))
         monkeypatch.setattr(scoring, "auto_decision", lambda *_, share=share: replace(
-            prior(0, 0, "none", 0), share=share))
+            prior(2, 5, "none", 0), share=share))  # MGE labels exist: the share stands
         r = api.query(trained, budget=6, strategy=strategy, seed=5, force=True, device="cpu")
         expected = select(strategy, QueryContext(h=h, p=prob, budget=6, ids=unlabeled,
                                                  seed=round_seed(5, r.round), **evidence))
