@@ -26,6 +26,9 @@ that MGE+Clustering's labels help a model more than the same number of random la
    allocates between two arms). One round's ``p`` swings with a swap of a few dozen labels
    (issue 18: shares flipped between the floor and the cap from one round to the next); the
    posterior settles where the evidence keeps pointing and stays even where it does not.
+5. The first batch, before any MGE+Clustering label exists, has nothing to go on and a model
+   that has seen only the random initial set: it takes just the :data:`MIN_PART` picks the
+   next query needs to judge the part (:func:`first_share`).
 
 This is Active Learning by Learning (Hsu & Lin, AAAI 2015) adapted to batches and
 multi-label: learn online which strategy pays in this project, judged on labels drawn
