@@ -461,7 +461,8 @@ def query(
     strategy: Annotated[str, typer.Option(
         help="auto (default: each batch split between MGE+Clustering and random draws, the "
              "split moved towards the part whose labels measurably helped more in this "
-             "project, evidence accumulated over its auto rounds; the query note says why) "
+             "project, evidence accumulated over its auto rounds, only 2 MGE+Clustering "
+             "picks in the first batch; the query note says why) "
              "| mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
              "typiclust | class-aware-mge | hybrid | "
              "auto-f1 (issue 9's rule: random below val micro-F1 0.70, MGE+Clustering from "
