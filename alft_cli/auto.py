@@ -188,6 +188,17 @@ def first_share(k: int) -> float:
     return float(min(SHARE_PRIOR, max(SHARE_MIN, MIN_PART / max(int(k), 1))))
 
 
+def is_first(d: AutoDecision) -> bool:
+    """Whether ``d`` is decided before any MGE+Clustering label and any judged round."""
+    return d.n_mge == 0 and d.p_accumulated is None
+
+
+def for_batch(d: AutoDecision, k: int) -> AutoDecision:
+    """``d`` for a batch of ``k``: the first batch takes :func:`first_share`, any other
+    keeps its share."""
+    return replace(d, share=first_share(k)) if is_first(d) else d
+
+
 def swappable(n_mge: int, n_random: int, validation: bool) -> int:
     """How many random labels the probe ablation swaps for MGE+Clustering ones (0: too few
     labels to judge yet, and no features are needed). With cross-fitting a fold holds out

@@ -15,12 +15,12 @@ rank 0 selects.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from alft_cli.auto import SHARE_MAX, SHARE_MIN, first_share
+from alft_cli.auto import SHARE_MAX, SHARE_MIN, for_batch, is_first
 from alft_cli.errors import OptionError
 from alft_cli.project import Project
 
@@ -120,9 +120,7 @@ def _split_share(project: Project, model_rec: Any, model: Any, strategy: str,
         share = auto_weight(model_f1)
         return share, (f"auto-f1: {evidence} -> {share:.0%} of the batch by MGE+Clustering, "
                        f"{1 - share:.0%} random"), None
-    decision = auto_decision(project, model, seed, dev, batch_size, round_)
-    if decision.n_mge == 0 and decision.p_accumulated is None:
-        decision = replace(decision, share=first_share(k))
+    decision = for_batch(auto_decision(project, model, seed, dev, batch_size, round_), k)
     k_u = uncertainty_share(decision.share, budget, len(unlabeled), True)
     return (decision.share, "auto: " + explain(decision, k_u, k),
             (decision.p_mge_better, decision.share))
@@ -214,7 +212,7 @@ def explain(d: Any, k_u: int, k: int) -> str:
         f"{rounds} (each counted by its probability), so they help more often than not with "
         f"posterior probability {d.p_accumulated:.2f} -> share {d.share:.2f}{clipped}: {split}")
     if d.p_mge_better is None:
-        if d.n_mge == 0 and d.p_accumulated is None:
+        if is_first(d):
             return (f"no labeled MGE+Clustering picks to judge yet, and the first model has "
                     f"seen only random labels -> a first look at MGE+Clustering, the few "
                     f"picks the next query needs to judge it: {split}")

@@ -20,6 +20,11 @@ def test_first_share_is_the_few_picks_needed_to_judge():
     for k, picks in [(20, 2), (12, 2), (40, 4), (100, 10), (6, 2), (4, 2), (3, 2), (2, 1)]:
         assert uncertainty_share(auto.first_share(k), k, 1000, True) == picks, k
     assert auto.first_share(20) == auto.SHARE_MIN and auto.first_share(1) == auto.SHARE_PRIOR
+    # Only a decision with no MGE+Clustering label and no judged round is a first batch.
+    assert auto.for_batch(auto.prior(0, 40, "none", 0), 20).share == auto.SHARE_MIN
+    assert auto.for_batch(auto.prior(1, 40, "none", 0), 20).share == auto.SHARE_PRIOR
+    judged = auto.combine(auto.prior(0, 40, "none", 0), [0.9])
+    assert auto.for_batch(judged, 20).share == judged.share
 
 
 @pytest.mark.parametrize("n, d", [(30, 8), (12, 40)])  # primal and dual solves
