@@ -61,7 +61,7 @@ def draw(ids: np.ndarray, k: int, seed: int) -> np.ndarray:
     k = min(int(k), len(keys))
     if k <= 0:
         return np.zeros(0, np.int64)
-    first = np.argpartition(keys, k - 1)[:k] if k < len(keys) else np.arange(len(keys))
+    first = np.argpartition(keys, k - 1)[:k]
     return first[np.argsort(keys[first], kind="stable")].astype(np.int64)
 
 
