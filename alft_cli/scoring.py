@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from alft_cli.auto import SHARE_MAX, SHARE_MIN, for_batch, is_first
+from alft_cli.auto import PRIOR_WINS, SHARE_MAX, SHARE_MIN, for_batch, is_first
 from alft_cli.errors import OptionError
 from alft_cli.project import Project
 
@@ -209,7 +209,8 @@ def explain(d: Any, k_u: int, k: int) -> str:
     rounds = "round" if d.rounds == 1 else "rounds"
     accumulated = "" if d.p_accumulated is None else (
         f"MGE+Clustering's labels helped more in {d.p_sum:.1f} of {d.rounds} judged auto "
-        f"{rounds} (each counted by its probability), so they help more often than not with "
+        f"{rounds} (each counted by its probability; after {PRIOR_WINS} won in the studies), "
+        f"so they help more often than not with "
         f"posterior probability {d.p_accumulated:.2f} -> share {d.share:.2f}{clipped}: {split}")
     if d.p_mge_better is None:
         if is_first(d):
