@@ -284,8 +284,9 @@ def accumulated(ps: Sequence[float]) -> float:
     midpoint rule, in logs so long runs of evidence do not overflow)."""
     if not len(ps):
         return 0.5
-    wins = PRIOR_WINS + float(np.sum(ps))
-    losses = float(len(ps) - np.sum(ps))
+    judged_wins = float(np.sum(ps))
+    wins = PRIOR_WINS + judged_wins
+    losses = len(ps) - judged_wins
     theta = (np.arange(GRID) + 0.5) / GRID
     log_density = wins * np.log(theta) + losses * np.log1p(-theta)
     density = np.exp(log_density - log_density.max())
