@@ -168,3 +168,24 @@ def test_combine_without_evidence_keeps_the_prior_and_uses_earlier_rounds_alone(
     assert earlier.rounds == 5 and earlier.p_mge_better is None
     assert earlier.share == pytest.approx(auto.accumulated([0.1, 0.2, 0.1, 0.2, 0.1]))
     assert auto.SHARE_MIN < earlier.share < auto.SHARE_MAX
+
+
+def test_the_readme_and_query_help_state_the_code_s_numbers():
+    """The README's query row and `alft query --help` write the prior, the first batch's picks
+    and the floor as literals (cli.py does not import the decision core at start-up), so a
+    change of the constants must change them too."""
+    from pathlib import Path
+
+    import typer
+
+    from alft_cli.cli import app
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `alft query "))
+    query = typer.main.get_command(app).commands["query"]
+    help_text = next(p.help for p in query.params if p.name == "strategy")
+    prior = f"prior of {auto.PRIOR_WINS} rounds won by MGE+Clustering"
+    assert prior in row and prior in " ".join(help_text.split())
+    assert f"only the {auto.MIN_PART} MGE+Clustering picks" in row
+    assert f"only {auto.MIN_PART} MGE+Clustering picks in the first batch" in help_text
+    assert f"never less than {round(auto.SHARE_MIN * 100)}% of either" in row
