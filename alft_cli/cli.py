@@ -418,6 +418,10 @@ def finetune(
     restart: Annotated[bool, typer.Option(help="Start over, dropping an interrupted run.")
                        ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precise_bn: Annotated[bool, typer.Option(
+        help="After training, re-estimate the BatchNorm statistics on the labeled images "
+             "(--no-precise-bn: keep training's running averages, as alft did before).")
+    ] = True,
 ) -> None:
     """Fine-tune the classifier on all labeled images; evaluate on val and test.
 
@@ -435,7 +439,7 @@ def finetune(
                      momentum=momentum, weight_decay=weight_decay, init=init,
                      freeze_backbone=freeze_backbone, backbone=backbone, seed=seed,
                      checkpoint_every=checkpoint_every, resume=resume, device=device,
-                     restart=restart)
+                     restart=restart, precise_bn=precise_bn)
     if r.interrupted:
         out.print(f"stopped; continue with: alft finetune -p {project} --resume")
         raise typer.Exit(130)

@@ -66,6 +66,10 @@ def simulate(
     ] = None,
     freeze_backbone: Annotated[bool, typer.Option(help="Fine-tune the head only (fast).")
                                ] = False,
+    finetune_precise_bn: Annotated[bool, typer.Option(
+        help="Re-estimate BatchNorm statistics after each fine-tuning (alft finetune "
+             "--precise-bn); --no-finetune-precise-bn continues simulations made before it.")
+    ] = True,
     candidates: Annotated[int | None, typer.Option(help="m for mge-clustering.")] = None,
     full_supervision: Annotated[bool, typer.Option(
         help="Also fine-tune on the whole pool (upper bound).")] = False,
@@ -98,7 +102,8 @@ def simulate(
             init_weights=str(init_weights.resolve()) if init_weights else None),
         finetune={"epochs": finetune_epochs, "batch_size": finetune_batch_size,
                   "lr": finetune_lr, "lr_step": lr_step, "freeze_backbone": freeze_backbone,
-                  "backbone": backbone, "momentum": finetune_momentum})
+                  "backbone": backbone, "momentum": finetune_momentum,
+                  "precise_bn": finetune_precise_bn})
     out.print(f"simulation {r.out}: {r.finished}/{len(r.runs)} runs finished")
     if r.report is not None:
         out.print(f"report: {r.report}/curves.md (plots and CSVs beside it)")

@@ -187,8 +187,9 @@ class PretrainConfig(BaseModel):
 class FinetuneConfig(BaseModel):
     """Fine-tuning settings. Defaults follow the paper: SGD lr 0.025, batch 10, 100 epochs,
     lr x0.1 after epoch 80, random horizontal flip + rot90 augmentation - except SGD momentum
-    0.9 (and weight decay 0), which the paper does not give: a deviation listed in
-    docs/RESULTS.md, with its measured effect."""
+    0.9 (and weight decay 0), which the paper does not give, and BatchNorm statistics
+    re-estimated on the labeled set after training (``precise_bn``): deviations listed in
+    docs/RESULTS.md, with their measured effect."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -206,6 +207,8 @@ class FinetuneConfig(BaseModel):
     resume: bool = False
     device: str = "auto"
     eval_batch_size: int = Field(default=64, ge=1)
+    # Re-estimate the BatchNorm statistics on the labeled set after training (finetune.py).
+    precise_bn: bool = True
 
     @field_validator("init")
     @classmethod

@@ -139,7 +139,10 @@ def _supervised_stage(project: Project, cfg: Any, noisy_file: Path,
     ft_cfg = FinetuneConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                             lr_step=max(1, int(0.8 * cfg.epochs)), seed=cfg.seed,
                             checkpoint_every=cfg.checkpoint_every, resume=cfg.resume,
-                            device=cfg.device)
+                            device=cfg.device,
+                            # Fine-tuning re-estimates the statistics on its own labels; a
+                            # pass over the whole noisy set here would change nothing it uses.
+                            precise_bn=False)
     rep.info(f"supervised pretraining of {cfg.backbone} on {len(noisy.ids)} noisy labels "
              f"({len(noisy.classes)} classes, head dropped afterwards)")
     outcome = ft.train(model, CachedImages(project.cache_path), noisy.ids, noisy.y, ft_cfg,

@@ -226,6 +226,18 @@ def test_time_boxed_simulation_stops_with_exit_75_and_continues(tiny_archive, tm
     assert r.code == 0, r.stderr
     info = api.status(out / "runs" / "s1" / "random" / "seed0")
     assert [x["labeled"] for x in info["rounds"]] == [6, 10, 14]
+    # A folder made before precise BN was fine-tuned without it: it continues only so.
+    path = out / "simulation.json"
+    settings = json.loads(path.read_text())
+    assert settings["finetune"].pop("precise_bn") is True
+    path.write_text(json.dumps(settings))
+    args = [a if a != "10" else "14" for a in args]
+    r = cli(*args)
+    assert r.code == 1 and "precise BN is off: --finetune-precise-bn / --no-finetune" \
+        in " ".join(r.stderr.split()), r.stderr
+    r = cli(*args, "--no-finetune-precise-bn")
+    assert r.code == 0, r.stderr
+    assert json.loads(path.read_text())["finetune"]["precise_bn"] is False
 
 
 @pytest.mark.slow

@@ -136,6 +136,60 @@ def test_finetune_resume_is_exact(tiny_archive, tmp_path, monkeypatch):
     assert not (b / "rounds" / "round_000" / "finetune_checkpoint.pt").exists()
 
 
+def _batchnorm_inputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every BatchNorm layer's input in one train-mode forward pass of ``images`` (a copy of
+    the model, so its running statistics are left alone)."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    seen: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_forward_hook(
+                lambda mod, args, out, name=name: seen.__setitem__(name, args[0].detach()))
+    with torch.no_grad():
+        model(images)
+    return seen
+
+
+@pytest.mark.parametrize("precise_bn", [True, False])
+def test_finetune_re_estimates_batchnorm_statistics_on_the_labeled_set(
+        precise_bn, tiny_archive, tmp_path):
+    """With precise BN (the default) each BatchNorm layer's running mean and variance are its
+    input's mean and unbiased variance over the labeled images (one batch here), which a
+    plain train-mode forward pass computes independently; without it they are the
+    momentum averages of training, which trail them."""
+    from alft_cli.data import CachedImages
+    from alft_cli.finetune import load_model
+    from alft_cli.project import open_project
+
+    root = tmp_path / "p"
+    api.init_pool(tiny_archive.root, root, labels_file=tiny_archive.labels_csv, initial=12,
+                  image_size=32, seed=1)
+    api.import_labels(root, _answer_pending(root, tiny_archive))
+    api.finetune(root, epochs=2, init="scratch", backbone="resnet18", precise_bn=precise_bn,
+                 **TINY_FT)
+    model, _ = load_model(root / "rounds" / "round_000" / "model.pt")
+    p = open_project(root)
+    ids, _ = p.store.labeled_arrays()
+    images = torch.from_numpy(CachedImages(p.cache_path).read(np.sort(ids))).float()
+    p.close()
+    inputs = _batchnorm_inputs(model, images)
+    layers = dict(model.named_modules())
+    assert len(inputs) == 20  # every BatchNorm of resnet18
+    gaps = []
+    for name, x in inputs.items():
+        bn = layers[name]
+        dims = [0, *range(2, x.dim())]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=True)
+        gaps.append(max(float((bn.running_mean - mean).abs().max() / (mean.abs().max() + 1e-6)),
+                        float((bn.running_var - var).abs().max() / var.abs().max())))
+    if precise_bn:
+        assert max(gaps) < 1e-4, gaps
+    else:
+        assert min(gaps) > 1e-2, gaps
+
+
 def test_query_returns_unlabeled_pool_images_deterministically(trained, cli):
     r = cli("query", "-p", trained, "--budget", "6", "--seed", "3", "--device", "cpu")
     assert r.code == 0, r.stderr

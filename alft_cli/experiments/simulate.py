@@ -29,6 +29,7 @@ import numpy as np
 
 from alft_cli import api
 from alft_cli.atomic import atomic_write_text
+from alft_cli.config import FinetuneConfig
 from alft_cli.errors import OptionError
 from alft_cli.labels import header_classes, read_label_file, write_labels_csv
 from alft_cli.progress import reporter
@@ -350,8 +351,11 @@ def _check_settings(s: SimulationSettings) -> None:
 def _save_or_check_settings(out: Path, s: SimulationSettings) -> None:
     path = out / "simulation.json"
     mine = json.loads(json.dumps(s.__dict__))
+    mine.setdefault("finetune", {}).setdefault("precise_bn", FinetuneConfig().precise_bn)
     if path.exists():
         saved = json.loads(path.read_text())
+        # Simulations made before precise BN was an option were fine-tuned without it.
+        saved.setdefault("finetune", {}).setdefault("precise_bn", False)
         # Strategies, seeds and scenarios may grow, and so may the budget (every run then
         # continues to the new maximum); what defines a run may not change.
         fixed = [k for k in mine if k not in ("strategies", "seeds", "scenarios",
@@ -360,8 +364,13 @@ def _save_or_check_settings(out: Path, s: SimulationSettings) -> None:
         if mine["max_labels"] < saved.get("max_labels", mine["max_labels"]):
             diff.append("max_labels (it may only grow)")
         if diff:
+            hint = ""
+            if saved["finetune"]["precise_bn"] != mine.get("finetune", {}).get("precise_bn"):
+                hint = (" (its fine-tuning precise BN is "
+                        f"{'on' if saved['finetune']['precise_bn'] else 'off'}: "
+                        "--finetune-precise-bn / --no-finetune-precise-bn)")
             raise OptionError(f"{out} holds a simulation with other settings ({', '.join(diff)})"
-                              "; use a new --out folder")
+                              f"{hint}; use a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(mine, indent=2) + "\n")
 
