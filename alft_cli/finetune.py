@@ -173,10 +173,10 @@ def recalibrate_batchnorm(model: Classifier, cache: CachedImages, ids: np.ndarra
     momentum some backbones use (0.01 in torchvision's MobileNetV3) they still hold much of
     the pretraining's statistics, so the model evaluated and queried differs from the one
     trained, and by how much depends on the shuffle (issue 18: the same random labels
-    trained with another seed moved test micro F1 by up to 30 points at 60 labels; measured
-    in docs/RESULTS.md, "Precise BatchNorm statistics after fine-tuning"). One forward pass over
-    the labeled set, unaugmented as at inference, in batches of :data:`PRECISE_BN_BATCH`,
-    replaces them by the equal-weight average over those batches.
+    trained with another seed moved test micro F1 by up to 30 points at 60 labels; see
+    docs/RESULTS.md, "Fifteen seeds at 15 epochs, and what the scatter is made of"). One
+    forward pass over the labeled set, unaugmented as at inference, in batches of
+    :data:`PRECISE_BN_BATCH`, replaces them by the equal-weight average over those batches.
     """
     order = np.sort(np.asarray(ids, dtype=np.int64))
     rows = torch.from_numpy(np.array([position[int(s)] for s in order])).to(device)
