@@ -128,7 +128,7 @@ def train(model: Classifier, cache: CachedImages, ids: np.ndarray, y: np.ndarray
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(ids, cfg.seed, epoch)
             # Rows of this epoch's batches in (images, targets): one copy to the device.
-            rows = torch.from_numpy(np.array([position[int(s)] for s in order])).to(device)
+            rows = _rows(order, position, device)
             total, count = torch.zeros((), device=device), 0
             for rows_b, images in _batches(cache, order, rows, resident, cfg.batch_size,
                                            device):
@@ -179,11 +179,16 @@ def recalibrate_batchnorm(model: Classifier, cache: CachedImages, ids: np.ndarra
     :data:`PRECISE_BN_BATCH`, replaces them by the equal-weight average over those batches.
     """
     order = np.sort(np.asarray(ids, dtype=np.int64))
-    rows = torch.from_numpy(np.array([position[int(s)] for s in order])).to(device)
+    rows = _rows(order, position, device)
     batches = (to_device_layout(images.float(), device) for _, images in
                _batches(cache, order, rows, resident, PRECISE_BN_BATCH, device))
     with torch.no_grad(), autocast(device):
         update_bn(batches, model)
+
+
+def _rows(order: np.ndarray, position: dict[int, int], device: torch.device) -> torch.Tensor:
+    """Rows of ``order``'s images in the round's (images, targets), on the device."""
+    return torch.from_numpy(np.array([position[int(s)] for s in order])).to(device)
 
 
 def _batches(cache: CachedImages, order: np.ndarray, rows: torch.Tensor,

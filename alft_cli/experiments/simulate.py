@@ -365,7 +365,7 @@ def _save_or_check_settings(out: Path, s: SimulationSettings) -> None:
             diff.append("max_labels (it may only grow)")
         if diff:
             hint = ""
-            if saved["finetune"]["precise_bn"] != mine.get("finetune", {}).get("precise_bn"):
+            if saved["finetune"]["precise_bn"] != mine["finetune"]["precise_bn"]:
                 hint = (" (its fine-tuning precise BN is "
                         f"{'on' if saved['finetune']['precise_bn'] else 'off'}: "
                         "--finetune-precise-bn / --no-finetune-precise-bn)")
