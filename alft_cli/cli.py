@@ -432,6 +432,7 @@ def finetune(
     Examples:
       alft finetune -p proj --epochs 100
       alft finetune -p proj --epochs 100 --resume
+      alft finetune -p proj --epochs 100 --no-precise-bn
     """
     from alft_cli import api
 

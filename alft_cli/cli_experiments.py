@@ -85,6 +85,7 @@ def simulate(
     \b
     Examples:
       alft simulate ucm/images --labels ucm/labels.csv -o sim --seeds 3 --scenario 1,2,3
+      alft simulate ucm/images --labels ucm/labels.csv -o old-sim --no-finetune-precise-bn
     """
     from alft_cli.experiments import api as experiments
 
