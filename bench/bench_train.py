@@ -5,7 +5,8 @@
    pre-augmented batches, already in memory; bench/measure.py). Goal >= 0.9: the data path
    must not starve the device. On a CPU the augmentations share the cores with the model, so
    the ratio there also prices the augmentation compute.
-2. Fine-tuning round time for 40..200 labels (the paper's budgets) with alft's real finetune.
+2. Fine-tuning round time for 40..200 labels (the paper's budgets) with alft's real finetune,
+   without and with the precise-BN pass after training (its cost as a ratio).
 
 Usage: python bench/bench_train.py [--device cpu|cuda] [--backbone B] [--size S] [--batch N]
 """
@@ -90,16 +91,23 @@ def main() -> None:
                     for k in todo:
                         w.writerow([k] + [gold[k][c] for c in archive.classes])
                 api.import_labels(proj, path)
-            started = time.perf_counter()
-            r = api.finetune(proj, epochs=args.finetune_epochs, lr_step=0, device=args.device,
-                             init="pretrained")
-            seconds = time.perf_counter() - started
-            rows.append([labels, args.finetune_epochs, f"{seconds:.1f}",
-                         f"{seconds / args.finetune_epochs:.2f}",
+            # The same round without and with the precise-BN pass (issue 18), alternating,
+            # the faster of two each: the pass is one forward over the labeled set, smaller
+            # than the run-to-run noise of a round.
+            seconds = {False: float("inf"), True: float("inf")}
+            for precise in (False, True, False, True):
+                started = time.perf_counter()
+                r = api.finetune(proj, epochs=args.finetune_epochs, lr_step=0,
+                                 device=args.device, init="pretrained", precise_bn=precise)
+                seconds[precise] = min(seconds[precise], time.perf_counter() - started)
+            rows.append([labels, args.finetune_epochs, f"{seconds[False]:.1f}",
+                         f"{seconds[False] / args.finetune_epochs:.2f}",
+                         f"{seconds[True]:.1f}", f"{seconds[True] / seconds[False]:.2f}",
                          f"{r.metrics['test']['micro_f1']:.3f}"])
         print(f"\n## Fine-tuning round time ({args.backbone} @ {args.size} px, batch 10, "
               f"{args.device}; includes val+test evaluation)\n")
-        print(table(["labels", "epochs", "round s", "s/epoch", "test micro F1"], rows))
+        print(table(["labels", "epochs", "round s (--no-precise-bn)", "s/epoch",
+                     "round s (precise BN)", "ratio", "test micro F1 (precise BN)"], rows))
 
 
 if __name__ == "__main__":
