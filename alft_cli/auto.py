@@ -24,11 +24,12 @@ that MGE+Clustering's labels help a model more than the same number of random la
    not, clipped to [:data:`SHARE_MIN`, :data:`SHARE_MAX`] so both parts keep being measured,
    is the MGE+Clustering share of the next batch (probability matching, as Thompson sampling
    allocates between two arms). One round's ``p`` swings with a swap of a few dozen labels
-   (issue 18: shares flipped between the floor and the cap from one round to the next). The
-   posterior starts from :data:`PRIOR_WINS` rounds won by MGE+Clustering (what the studies
-   measured, as the paper did), so a project's neutral or contradictory evidence keeps
-   the batch mostly MGE+Clustering, and only evidence that keeps pointing to random moves it
-   there.
+   (issue 18: shares flipped between the floor and the cap from one round to the next); the
+   accumulated evidence moves the share only as far as the rounds agree. The posterior can
+   start from :data:`PRIOR_WINS` rounds won by MGE+Clustering; it starts even (0): with the
+   precise BatchNorm statistics fine-tuning now computes, the studies no longer favour either
+   part on both metrics, and the even start measured better than 4 (docs/RESULTS.md, issue
+   18, "An even start").
 5. The first batch, before any MGE+Clustering label exists, has nothing to go on and a model
    that has seen only the random initial set: it takes just the :data:`MIN_PART` picks the
    next query needs to judge the part (:func:`first_share`).
@@ -68,13 +69,15 @@ RIDGE_LAMBDA = 1e-2
 # Held-out rows used at most (a seeded subset of a large validation split).
 MAX_HELDOUT = 2000
 # Rounds won by MGE+Clustering before any of the project's own (the Beta prior's extra
-# successes): one per cell of issue 18's study (UC Merced, 15 and 30 fine-tuning epochs,
-# scenarios 1 and 3), in each of which mge-clustering's mean test F1 over 60-220 labels led
-# random's (macro +2.9..+4.7, micro +0.3..+1.9 points), as in the paper. The project's own
-# evidence is weak next to that (issue 18: one round's p swings between 0 and 1 and was
-# about even on average), so it moves the share only where it keeps pointing one way: six
-# rounds at p = 0.1 bring the share below one half.
-PRIOR_WINS = 4
+# successes). Issue 18's first studies (without precise BN) found mge-clustering ahead of
+# random in every cell and set 4; with precise BN it trails random on micro F1 in scenario 1
+# (-2.5 points at 15 epochs, -1.3 at 30) while leading on macro, and the default with 4 kept
+# that micro deficit (-1.2). An even start (0) lets the project's own rounds decide: at 15
+# epochs, scenario 1, 10 seeds, it measured micro -0.2 and macro +4.5 against random (with 4:
+# -1.2 / +3.8), and it keeps the mean within 0.5 of random at every budget in 2 of the 4
+# cells (4: 1); at 30 epochs (5 seeds) 4 measured higher, by less than the scatter except
+# scenario 3's macro (1.6 points). docs/RESULTS.md, issue 18, "An even start".
+PRIOR_WINS = 0
 # Cells of the Beta posterior's integral (midpoint rule; even, so 1/2 is a cell boundary).
 GRID = 20000
 
@@ -279,7 +282,7 @@ def accumulated(ps: Sequence[float]) -> float:
     """The posterior probability that MGE+Clustering's labels help more often than random
     ones, from rounds whose evidence said so with probabilities ``ps``: ``P(theta > 1/2)``
     under ``Beta(1 + PRIOR_WINS + sum(ps), 1 + sum(1 - ps))`` (each round a soft win, after
-    the :data:`PRIOR_WINS` rounds of the studies). No rounds: 1/2 (nothing judged yet: the
+    the :data:`PRIOR_WINS` rounds of a prior, none now). No rounds: 1/2 (nothing judged yet: the
     first batch or the even split decide). Pure numpy (the density integrated by the
     midpoint rule, in logs so long runs of evidence do not overflow)."""
     if not len(ps):

@@ -466,8 +466,8 @@ def query(
     strategy: Annotated[str, typer.Option(
         help="auto (default: each batch split between MGE+Clustering and random draws, the "
              "split moved towards the part whose labels measurably helped more in this "
-             "project, evidence accumulated over its auto rounds after a prior of 4 rounds "
-             "won by MGE+Clustering (the studies' finding), only 2 MGE+Clustering "
+             "project, evidence accumulated over its auto rounds from an even prior, "
+             "only 2 MGE+Clustering "
              "picks in the first batch; the query note says why) "
              "| mge-clustering (paper) | mge | random | entropy | badge | coreset | kmeans | "
              "typiclust | class-aware-mge | hybrid | "

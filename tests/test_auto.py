@@ -125,17 +125,20 @@ def test_accumulated_is_the_beta_posterior_tail(ps):
     assert auto.accumulated(ps) == pytest.approx(want, abs=1e-6)
 
 
-def test_accumulated_starts_from_the_studies_and_follows_lasting_evidence():
+def test_accumulated_starts_even_and_follows_lasting_evidence():
     assert auto.accumulated([]) == 0.5  # nothing judged: the first batch or the even split
-    # The prior: MGE+Clustering won PRIOR_WINS rounds before the project's own, so one round
-    # against it, or evidence that flips, still leaves it ahead...
-    assert auto.accumulated([0.0]) > 0.85
-    assert auto.accumulated([0.05, 0.95] * 3) > 0.85
-    # ...and evidence that keeps pointing to random takes the batch there; the same
-    # evidence for MGE+Clustering is more certain still.
-    assert auto.accumulated([0.1] * 6) < 0.5
+    # No prior (issue 18, with precise BN the studies favour neither part): the evidence
+    # alone decides, symmetrically for both parts...
+    assert auto.PRIOR_WINS == 0
+    assert auto.accumulated([0.0]) < 0.5 < auto.accumulated([1.0])
+    assert auto.accumulated([0.9] * 6) == pytest.approx(1 - auto.accumulated([0.1] * 6))
+    # ...evidence that flips from round to round keeps the split even...
+    assert auto.accumulated([0.05, 0.95] * 3) == pytest.approx(0.5)
+    # ...and evidence that keeps pointing one way takes the batch there, further the longer
+    # it lasts.
+    assert auto.accumulated([0.1] * 6) < auto.accumulated([0.1] * 2) < 0.5
     assert auto.accumulated([0.0] * 12) < auto.SHARE_MIN
-    assert auto.accumulated([0.9] * 6) > 1 - auto.accumulated([0.1] * 6)
+    assert auto.accumulated([1.0] * 12) > auto.SHARE_MAX
 
 
 def _decision(p):
@@ -144,19 +147,20 @@ def _decision(p):
 
 
 def test_combine_settles_where_the_evidence_keeps_pointing():
-    # One round against MGE+Clustering does not undo the studies' prior (one swap of a few
-    # dozen labels is weak evidence): the share stays above the round's own p, at most the cap.
+    # One round moves the share from the even split towards the part it favours, less far
+    # than its own p (one swap of a few dozen labels is weak evidence).
     one = auto.combine(_decision(0.3), [])
     assert one.rounds == 1 and one.p_sum == pytest.approx(0.3)
-    assert 0.5 < one.share <= auto.SHARE_MAX
-    assert one.share == pytest.approx(min(auto.SHARE_MAX, one.p_accumulated))
-    assert auto.combine(_decision(0.9), []).share == auto.SHARE_MAX
-    # Rounds that keep favouring random bring the share down to the floor.
+    assert 0.3 < one.share < 0.5
+    assert one.share == pytest.approx(max(auto.SHARE_MIN, one.p_accumulated))
+    assert 0.5 < auto.combine(_decision(0.9), []).share < 0.9
+    # Rounds that keep favouring one part bring the share to the floor or the cap.
     assert auto.combine(_decision(0.0), [0.0] * 11).share == auto.SHARE_MIN
-    # Evidence that flips from round to round leaves the prior in charge, where the round's
+    assert auto.combine(_decision(1.0), [1.0] * 11).share == auto.SHARE_MAX
+    # Evidence that flips from round to round keeps the split near even, where the round's
     # own p would swing the share from the floor to the cap.
     flip = auto.combine(_decision(0.95), [0.05, 0.95, 0.05])
-    assert flip.share == auto.SHARE_MAX
+    assert 0.4 < flip.share < 0.6
     # The fields of this round's own evidence are kept for the note.
     assert (flip.p_mge_better, flip.gain, flip.swapped) == (0.95, 0.01, 20)
 
@@ -164,9 +168,9 @@ def test_combine_settles_where_the_evidence_keeps_pointing():
 def test_combine_without_evidence_keeps_the_prior_and_uses_earlier_rounds_alone():
     none = auto.prior(1, 5, "validation", 10)
     assert auto.combine(none, []) == none
-    earlier = auto.combine(none, [0.1, 0.2, 0.1, 0.2, 0.1])
+    earlier = auto.combine(none, [0.3, 0.4, 0.3, 0.4, 0.3])
     assert earlier.rounds == 5 and earlier.p_mge_better is None
-    assert earlier.share == pytest.approx(auto.accumulated([0.1, 0.2, 0.1, 0.2, 0.1]))
+    assert earlier.share == pytest.approx(auto.accumulated([0.3, 0.4, 0.3, 0.4, 0.3]))
     assert auto.SHARE_MIN < earlier.share < auto.SHARE_MAX
 
 
@@ -184,7 +188,8 @@ def test_the_readme_and_query_help_state_the_code_s_numbers():
     row = next(line for line in readme.splitlines() if line.startswith("| `alft query "))
     query = typer.main.get_command(app).commands["query"]
     help_text = next(p.help for p in query.params if p.name == "strategy")
-    prior = f"prior of {auto.PRIOR_WINS} rounds won by MGE+Clustering"
+    prior = (f"prior of {auto.PRIOR_WINS} rounds won by MGE+Clustering" if auto.PRIOR_WINS
+             else "from an even prior")
     assert prior in row and prior in " ".join(help_text.split())
     assert f"only the {auto.MIN_PART} MGE+Clustering picks" in row
     assert f"only {auto.MIN_PART} MGE+Clustering picks in the first batch" in help_text

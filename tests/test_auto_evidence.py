@@ -145,7 +145,8 @@ def test_auto_without_val_labels_judges_its_parts_on_the_random_labels(tiny_arch
     want3 = _decision_from_scratch(project, 3, r3.round, [want.p_mge_better])
     assert want3.rounds == 2 and f"share {want3.share:.2f}" in note, note
     assert f"in {want3.p_sum:.1f} of 2 judged auto rounds" in note, note
-    assert f"after {auto.PRIOR_WINS} won in the studies" in note, note
+    # The prior's rounds are named only where there are any (none now).
+    assert ("in a prior" in note) == bool(auto.PRIOR_WINS), note
     assert _auto_rows(project)[-1] == (r3.round, want3.p_mge_better, want3.share)
     # Re-querying the unanswered round with another strategy drops its evidence.
     api.query(project, budget=10, strategy="random", seed=3, device="cpu", force=True)
