@@ -28,8 +28,8 @@ that MGE+Clustering's labels help a model more than the same number of random la
    accumulated evidence moves the share only as far as the rounds agree. The posterior can
    start from :data:`PRIOR_WINS` rounds won by MGE+Clustering; it starts even (0): with the
    precise BatchNorm statistics fine-tuning now computes, the studies no longer favour either
-   part on both metrics, and the even start met issue 18's criterion in more cells than 4
-   (docs/RESULTS.md, issue 18, "An even start").
+   part on both metrics, and the even start measured as well as 4 or better in three of
+   the four cells of issue 18's study (docs/RESULTS.md, issue 18, "An even start").
 5. The first batch, before any MGE+Clustering label exists, has nothing to go on and a model
    that has seen only the random initial set: it takes just the :data:`MIN_PART` picks the
    next query needs to judge the part (:func:`first_share`).
@@ -74,10 +74,10 @@ MAX_HELDOUT = 2000
 # (-2.5 points at 15 epochs, -1.3 at 30) while leading on macro, and the default with 4 kept
 # that micro deficit (-1.2). An even start (0) lets the project's own rounds decide: at 15
 # epochs, scenario 1, 10 seeds, it measured micro -0.2 and macro +4.5 against random (with 4:
-# -1.2 / +3.8), and it keeps the mean within 0.5 of random at every budget in 2 of the 4
-# cells (4: 1). At 30 epochs the two tie in scenario 1 (10 seeds: paired -0.1 micro, -0.65
-# macro) and 4 measured higher in scenario 3 (5 seeds; macro by 1.6 points, a cell both
-# pass). docs/RESULTS.md, issue 18, "An even start".
+# -1.2 / +3.8; paired +1.0 [+0.2, +1.8] micro). The two tie at 15 epochs in scenario 3 and
+# at 30 in scenario 1 (10 seeds: paired -0.1 micro, -0.65 macro); 4 measured higher at 30
+# epochs in scenario 3 (5 seeds; macro by 1.6 points, a cell both pass). docs/RESULTS.md,
+# issue 18, "An even start".
 PRIOR_WINS = 0
 # Cells of the Beta posterior's integral (midpoint rule; even, so 1/2 is a cell boundary).
 GRID = 20000
