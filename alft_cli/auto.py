@@ -70,14 +70,14 @@ RIDGE_LAMBDA = 1e-2
 MAX_HELDOUT = 2000
 # Rounds won by MGE+Clustering before any of the project's own (the Beta prior's extra
 # successes). Issue 18's first studies (without precise BN) found mge-clustering ahead of
-# random in every cell and set 4; with precise BN it trails random on micro F1 in scenario 1
-# (-2.5 points at 15 epochs, -1.7 at 30; 10 seeds) while leading on macro; the default with 4 kept
-# that micro deficit (-1.2). An even start (0) lets the project's own rounds decide: at 15
-# epochs, scenario 1, 10 seeds, it measured micro -0.2 and macro +4.5 against random (with 4:
-# -1.2 / +3.8; paired +1.0 [+0.2, +1.8] micro). The two tie at 15 epochs in scenario 3 and
-# at 30 in scenario 1 (10 seeds: paired -0.1 micro, -0.65 macro); 4 measured higher at 30
-# epochs in scenario 3 (5 seeds; macro by 1.6 points, a cell both pass). docs/RESULTS.md,
-# issue 18, "An even start".
+# random in every cell and set 4; with precise BN it trails random on micro F1 in
+# scenario 1 (-2.5 points at 15 epochs, -1.7 at 30; 10 seeds) while leading on macro; the
+# default with 4 kept that micro deficit (-1.2). An even start (0) lets the project's own
+# rounds decide: at 15 epochs, scenario 1, 10 seeds, it measured micro -0.2 and macro +4.5
+# against random (with 4: -1.2 / +3.8; paired +1.0 [+0.2, +1.8] micro). The two tie at 15
+# epochs in scenario 3 and at 30 in scenario 1 (10 seeds: paired -0.1 micro, -0.65 macro);
+# 4 measured higher at 30 epochs in scenario 3 (5 seeds; macro by 1.6 points, a cell both
+# pass). docs/RESULTS.md, issue 18, "An even start".
 PRIOR_WINS = 0
 # Cells of the Beta posterior's integral (midpoint rule; even, so 1/2 is a cell boundary).
 GRID = 20000

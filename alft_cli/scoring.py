@@ -201,20 +201,17 @@ def _from_rank0(obj: Any) -> Any:
     return box[0]
 
 
-def _after_prior() -> str:
-    """The prior's rounds in the note, when there are any (``auto.PRIOR_WINS``)."""
-    return f"; after {PRIOR_WINS} won by MGE+Clustering in a prior" if PRIOR_WINS else ""
-
-
 def explain(d: Any, k_u: int, k: int) -> str:
     """Why ``auto`` split the batch as it did, in one sentence of the query note."""
     split = f"{k_u} of {k} by MGE+Clustering, {k - k_u} random"
     clipped = "" if d.p_accumulated is None or d.share == d.p_accumulated else (
         f", kept within {SHARE_MIN:g}..{SHARE_MAX:g} so both parts stay measured")
     rounds = "round" if d.rounds == 1 else "rounds"
+    # The prior's rounds are named only where there are any (none since issue 18's even start).
+    prior = f"; after {PRIOR_WINS} won by MGE+Clustering in a prior" if PRIOR_WINS else ""
     accumulated = "" if d.p_accumulated is None else (
         f"MGE+Clustering's labels helped more in {d.p_sum:.1f} of {d.rounds} judged auto "
-        f"{rounds} (each counted by its probability{_after_prior()}), "
+        f"{rounds} (each counted by its probability{prior}), "
         f"so they help more often than not with "
         f"posterior probability {d.p_accumulated:.2f} -> share {d.share:.2f}{clipped}: {split}")
     if d.p_mge_better is None:
